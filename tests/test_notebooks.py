@@ -1,0 +1,20 @@
+"""Every notebook executes from top to bottom through nbdev's runner (cells flagged `slow` skipped)."""
+import subprocess, sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NBS = ROOT/"nbs"
+NOTEBOOKS = sorted(p for p in NBS.rglob("*.ipynb")
+                   if not any(part.startswith(("_", ".")) for part in p.relative_to(NBS).parts))
+
+def test_notebooks_found():
+    assert (NBS/"index.ipynb") in NOTEBOOKS and len(NOTEBOOKS) >= 2
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[str(p.relative_to(NBS)) for p in NOTEBOOKS])
+def test_notebook_runs(nb):
+    # One process per notebook, as `nbdev-test` does, so notebooks cannot leak state into each other.
+    nbdev_test = Path(sys.executable).parent/"nbdev-test"
+    r = subprocess.run([str(nbdev_test), "--path", str(nb)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"{nb.name} failed:\n{r.stdout[-4000:]}\n{r.stderr[-8000:]}"

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, in order: notebooks clean, package in sync, pytest (which executes every
+# notebook, skipping cells flagged `slow`), the book. Run tools/setup.sh first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH" MPLBACKEND=Agg PYTHONHASHSEED=0
+
+snapshot() { find "$@" -type f \( -name '*.ipynb' -o -name '*.py' \) -not -path '*/_build/*' \
+               -not -path '*/.ipynb_checkpoints/*' -not -path '*/__pycache__/*' | sort | xargs md5sum; }
+unchanged() {  # unchanged WHAT CMD... : run CMD, fail if it changed files under WHAT
+  local what=$1; shift
+  local before; before=$(snapshot "$what")
+  "$@"
+  if [ "$before" != "$(snapshot "$what")" ]; then
+    echo "FAILED: '$*' changed $what/ — run it and commit the result"; git status --short -- "$what" || true
+    exit 1
+  fi
+}
+
+echo "== 1/4 nbdev-clean leaves nbs/ unchanged"
+unchanged nbs nbdev-clean
+echo "== 2/4 nbdev-export leaves dl4smlm/ unchanged (notebooks and package in sync)"
+unchanged dl4smlm nbdev-export
+echo "== 3/4 pytest"
+python -m pytest "$@"
+echo "== 4/4 the book (Jupyter Book, warnings are errors)"
+rm -rf nbs/_build
+jupyter-book build nbs --warningiserror --keep-going --quiet
+echo "== all checks passed; the book is at nbs/_build/html/index.html"
