@@ -16,5 +16,5 @@ def test_notebooks_found():
 def test_notebook_runs(nb):
     # One process per notebook, as `nbdev-test` does, so notebooks cannot leak state into each other.
     nbdev_test = Path(sys.executable).parent/"nbdev-test"
-    r = subprocess.run([str(nbdev_test), "--path", str(nb)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([str(nbdev_test), str(nb)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"{nb.name} failed:\n{r.stdout[-4000:]}\n{r.stderr[-8000:]}"
