@@ -15,10 +15,12 @@ def run(*args):
 
 def test_help_lists_commands():
     r = run("--help")
-    assert r.returncode == 0 and "simulate" in r.stdout and "demo" in r.stdout
-    for cmd in ("simulate", "demo"):
+    assert r.returncode == 0
+    for cmd in ("demo", "simulate", "train", "predict", "evaluate"):
+        assert cmd in r.stdout
+    for cmd in ("demo", "simulate", "train", "predict", "evaluate"):
         r = run(cmd, "--help")
-        assert r.returncode == 0 and "--seed" in r.stdout
+        assert r.returncode == 0 and "--" in r.stdout
 
 def test_simulate_writes_the_dataset(tmp_path):
     out = tmp_path/"sim"
@@ -54,9 +56,74 @@ def test_simulate_bad_options(tmp_path, args, message):
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert not (tmp_path/"x").exists()
 
-def test_demo_writes_report(tmp_path):
-    r = run("demo", "--out", tmp_path/"report", "--frames", 3)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    "A tiny dataset and a checkpoint trained on it for one short epoch through the command line."
+    d = tmp_path_factory.mktemp("cli")
+    assert main(["simulate", str(d/"data"), "--frames", "6", "--size", "32", "--density", "3", "--seed", "2"]) == 0
+    r = run("train", d/"data", "--model", "fid-storm", "--upsampling", "4", "--epochs", "1", "--batch-size", "4",
+            "--patch-size", "16", "--device", "cpu", "--out", d/"model.pt")
     assert r.returncode == 0, r.stderr
-    assert (tmp_path/"report"/"demo.png").stat().st_size > 10_000
-    assert (tmp_path/"report"/"data"/"frames.tif").exists()
-    assert str((tmp_path/"report").resolve()) in r.stdout
+    return d
+
+def test_train_writes_a_checkpoint_and_refuses_to_overwrite(trained):
+    from dl4smlm.train import load_checkpoint
+    ck = load_checkpoint(trained/"model.pt")
+    assert ck["model"]["name"] == "fid-storm" and ck["upsampling"] == 4
+    r = run("train", trained/"data", "--epochs", "1", "--out", trained/"model.pt")
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+
+def test_train_on_the_fly_from_simulation(tmp_path):
+    r = run("train", "--simulate", "--size", "32", "--density", "3", "--model", "srcnn", "--upsampling", "4", "--epochs", "1",
+            "--samples-per-epoch", "16", "--batch-size", "8", "--patch-size", "16", "--device", "cpu", "--out", tmp_path/"m.pt")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path/"m.pt").exists()
+
+@pytest.mark.parametrize("args, message", [([], "--simulate"), (["somewhere", "--simulate"], "--simulate"),
+                                           (["--simulate", "--model", "resnet"], "--model"), (["--simulate", "--loss", "l2"], "--loss")])
+def test_train_bad_options(tmp_path, args, message):
+    r = run("train", *args, "--out", tmp_path/"m.pt")
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert not (tmp_path/"m.pt").exists()
+
+def test_predict_then_evaluate(trained):
+    out = trained/"pred"
+    r = run("predict", trained/"model.pt", trained/"data"/"frames.tif", "--out", out, "--device", "cpu", "--threshold", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["localizations.csv", "super_resolution.png", "super_resolution.tif"]
+    assert tifffile.imread(out/"super_resolution.tif").shape[-2:] == (128, 128)
+    r = run("predict", trained/"model.pt", trained/"data"/"frames.tif", "--out", out)
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    # evaluate: the field and the CRLB come from simulation.json beside the ground truth
+    r = run("evaluate", trained/"data"/"ground_truth.csv", out/"localizations.csv")
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads(r.stdout)
+    for key in ("tp", "fp", "fn", "jaccard_pct", "rmse_nm", "efficiency_pct", "mean_dx_nm", "crlb_nm"): assert key in metrics
+    assert metrics["n_ground_truth"] > 0
+    # the ground truth scored against itself is perfect
+    r = run("evaluate", trained/"data"/"ground_truth.csv", trained/"data"/"ground_truth.csv", "--table")
+    assert r.returncode == 0, r.stderr
+    assert "jaccard_pct" in r.stdout and "100.00" in r.stdout
+
+def test_evaluate_needs_a_field(tmp_path, trained):
+    gt = tmp_path/"gt.csv"
+    gt.write_bytes((trained/"data"/"ground_truth.csv").read_bytes())
+    r = run("evaluate", gt, gt)
+    assert r.returncode == 2 and "--field-nm" in r.stderr
+    r = run("evaluate", gt, gt, "--field-nm", "3200,3200")
+    assert r.returncode == 0 and json.loads(r.stdout)["jaccard_pct"] == 100.0
+    r = run("evaluate", gt, gt, "--field-nm", "3200")
+    assert r.returncode == 2 and "WIDTH,HEIGHT" in r.stderr
+    r = run("evaluate", gt, tmp_path/"missing.csv", "--field-nm", "3200,3200")
+    assert r.returncode == 2 and "missing.csv" in r.stderr
+
+def test_demo_writes_report(tmp_path):
+    r = run("demo", "--out", tmp_path/"report", "--epochs", 1, "--samples-per-epoch", 16, "--test-frames", 3, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    report = tmp_path/"report"
+    assert sorted(p.name for p in report.iterdir()) == ["demo.png", "metrics.json", "model.pt", "prediction", "test_data"]
+    assert (report/"demo.png").stat().st_size > 10_000
+    assert "jaccard_pct" in json.loads((report/"metrics.json").read_text())
+    assert str(report.resolve()) in r.stdout
+    r = run("demo", "--out", report, "--epochs", 1)
+    assert r.returncode == 2 and "--overwrite" in r.stderr
