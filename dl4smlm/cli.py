@@ -228,6 +228,7 @@ def _parser():
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default %(default)s)")
     r.add_argument("--threshold", type=_non_negative, default=None, help="detection threshold on the heat map (default: the checkpoint's)")
     r.add_argument("--batch-size", type=_positive(int), default=8, help="tiles per forward pass (default %(default)s)")
+    r.add_argument("--flip-average", action="store_true", help="average the network's outputs over the four flips of each frame: cancels learned shifts, 4× the time")
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
 
     e = sub.add_parser("evaluate", help="score localizations against a ground truth (SMLM Challenge 2016)",
@@ -255,7 +256,8 @@ def main(argv=None):
         elif args.command == "train": return _train(args)
         elif args.command == "predict":
             _check_free(args.out, PREDICT_FILES, args.overwrite)
-            pred = predict_to_folder(args.checkpoint, args.frames, args.out, device=args.device, threshold=args.threshold, batch_size=args.batch_size)
+            pred = predict_to_folder(args.checkpoint, args.frames, args.out, device=args.device, threshold=args.threshold, batch_size=args.batch_size,
+                                     flip_average=args.flip_average)
             print(f"wrote {len(pred.localizations)} localizations from {pred.n_frames} frames to {args.out}")
         elif args.command == "evaluate": return _evaluate(args)
     except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['DEFAULT_THRESHOLD', 'REFINE_METHODS', 'PREDICT_FILES', 'find_peaks', 'refine_peaks', 'localize_heatmaps',
-           'render_histogram', 'render_gaussian', 'add_scale_bar', 'tiled_forward', 'Prediction', 'predict',
-           'predict_checkpoint', 'predict_to_folder']
+           'render_histogram', 'render_gaussian', 'add_scale_bar', 'tiled_forward', 'FlipAverage', 'Prediction',
+           'predict', 'predict_checkpoint', 'predict_to_folder']
 
 # %% ../nbs/06_localize.ipynb #03728237
 import math
@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 from scipy.special import erf
 from tqdm import tqdm
 
@@ -258,6 +259,20 @@ def tiled_forward(model, # maps (B, 1, h, w) frames to (B, 1, f·h, f·w) heat m
             out[b, f * ycuts[ky]:f * ycuts[ky + 1], f * xcuts[kx]:f * xcuts[kx + 1]] = t[f * r0:f * r1, f * c0:f * c1]
     return out[:, :f * H, :f * W]
 
+# %% ../nbs/06_localize.ipynb #aa513dfe
+class FlipAverage(nn.Module):
+    "The mean of `model`'s outputs over the four flips of its input (each flipped back): cancels learned shifts; 4× the time."
+    def __init__(self, model:nn.Module):
+        super().__init__()
+        self.model = model
+        for name in ("name", "upsampling", "normalizer"):        # what `load_model` and the registry attach
+            if hasattr(model, name): setattr(self, name, getattr(model, name))
+
+    def forward(self, x):
+        out = self.model(x)
+        for dims in ((-1,), (-2,), (-2, -1)): out = out + self.model(x.flip(dims)).flip(dims)
+        return out / 4
+
 # %% ../nbs/06_localize.ipynb #ea38fd74
 @dataclass
 class Prediction:
@@ -298,6 +313,7 @@ def predict(model, # a torch module mapping (B, 1, h, w) frames to (B, 1, f·h, 
             threshold=DEFAULT_THRESHOLD, radius=1, method="cog", # passed to `localize_heatmaps`
             tile=128, overlap=16, batch_size=8, # passed to `tiled_forward`
             device="auto", # where the model runs (see `resolve_device`); the model is moved there
+            flip_average=False, # average the model's outputs over the four flips of each frame (`FlipAverage`): 4× the time
             progress=True): # show a progress bar (tqdm, on stderr)
     "Localize every frame of a stack with `model`, streaming it in batches: a `Prediction`."
     n, (H, W) = _frame_shape(frames)
@@ -316,7 +332,7 @@ def predict(model, # a torch module mapping (B, 1, h, w) frames to (B, 1, f·h, 
                 x = (x.float() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float32)))
                 x = x.to(device)[:, None]
                 if normalize is not None: x = normalize(x)
-                y = tiled_forward(model, x, tile, overlap, batch_size)
+                y = tiled_forward(FlipAverage(model) if flip_average else model, x, tile, overlap, batch_size)
                 f = y.shape[-1] // W
                 tables.append(localize_heatmaps(y, f, pixel_nm, threshold, radius, method, first_frame=start + 1))
                 s = y.sum(0, dtype=torch.float32 if device.type == "mps" else torch.float64).cpu().numpy()

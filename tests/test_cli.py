@@ -127,3 +127,9 @@ def test_demo_writes_report(tmp_path):
     assert str(report.resolve()) in r.stdout
     r = run("demo", "--out", report, "--epochs", 1)
     assert r.returncode == 2 and "--overwrite" in r.stderr
+
+def test_predict_with_flip_average(trained):
+    out = trained/"pred_flips"
+    r = run("predict", trained/"model.pt", trained/"data"/"frames.tif", "--out", out, "--device", "cpu", "--threshold", "0.5", "--flip-average")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["localizations.csv", "super_resolution.png", "super_resolution.tif"]

@@ -9,7 +9,7 @@ from scipy.spatial import cKDTree
 from torch import nn
 
 from dl4smlm.io import read_localizations, read_stack, write_stack
-from dl4smlm.localize import (Prediction, find_peaks, localize_heatmaps, predict, refine_peaks, render_gaussian,
+from dl4smlm.localize import (FlipAverage, Prediction, find_peaks, localize_heatmaps, predict, refine_peaks, render_gaussian,
                               render_histogram, tiled_forward)
 from dl4smlm.models import get_model
 from dl4smlm.simulate import render_heatmap, render_spikes
@@ -277,3 +277,30 @@ def test_predict_to_folder_writes_the_three_files(checkpoint, tmp_path):
     again = predict_to_folder(path, tmp_path / "frames.tif", out, threshold=1e9, progress=False)   # replaces; empty table is fine
     assert_eq(len(again.localizations), 0); assert_eq(len(read_localizations(out / "localizations.csv")), 0)
     with pytest.raises(FileNotFoundError, match="missing.pt"): predict_to_folder(tmp_path / "missing.pt", tmp_path / "frames.tif", out)
+
+
+class _ShiftedUpsampler(nn.Module):
+    "A stand-in network with a learned-looking bias: nearest ×4, then shifted by (dy, dx) fine pixels."
+    def __init__(self, dy, dx): super().__init__(); self.shift = (dy, dx)
+    def forward(self, x): return torch.roll(nn.functional.interpolate(x, scale_factor=4), self.shift, (-2, -1))
+
+@pytest.mark.parametrize("dy, dx", [(1, 1), (0, 1), (-1, 0)])   # shifts small against the 4-pixel spot, as learned ones are
+def test_flip_average_cancels_a_shift(dy, dx):
+    frames = np.zeros((2, 16, 24), np.float32)
+    frames[0, 5, 7] = frames[1, 10, 15] = 10.0                     # one bright pixel per frame: molecules at pixel centres
+    plain = predict(_ShiftedUpsampler(dy, dx), frames, pixel_nm=100.0, threshold=0.5, radius=3, device="cpu", progress=False)
+    flips = predict(_ShiftedUpsampler(dy, dx), frames, pixel_nm=100.0, threshold=0.5, radius=3, device="cpu", progress=False,
+                    flip_average=True)
+    truth = np.array([[750.0, 550.0], [1550.0, 1050.0]])            # (x, y) nm of the pixel centres
+    assert_close(plain.localizations[["x [nm]", "y [nm]"]].to_numpy(), truth + 25.0 * np.array([dx, dy]), eps=1e-3)
+    assert_close(flips.localizations[["x [nm]", "y [nm]"]].to_numpy(), truth, eps=1e-3)
+    assert_eq(flips.upsampling, 4)
+
+def test_flip_average_keeps_the_model_attributes():
+    net = get_model("fid-storm", upsampling=4, seed=0).eval()
+    net.normalizer = "kept"
+    avg = FlipAverage(net)
+    assert (avg.name, avg.upsampling, avg.normalizer) == ("fid-storm", 4, "kept")
+    x = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert_close(avg(x.flip(-2)), avg(x).flip(-2), eps=1e-4)         # mirror-symmetric by construction
