@@ -18,7 +18,7 @@ from .models import list_models
 from .train import LOSSES, TrainingInterrupted, load_model, train_from_folder
 from .localize import PREDICT_FILES, predict, predict_to_folder
 from .evaluate import assess, simulation_crlb
-from .visualize import plot_prediction
+from .visualize import plot_localization_errors, plot_prediction, plot_training
 
 # %% ../nbs/90_cli.ipynb #95134c79
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(SimulationConfig)}
@@ -127,7 +127,7 @@ def _evaluate(args):
     return 0
 
 # %% ../nbs/90_cli.ipynb #502da121
-_DEMO_FILES = ("model.pt", "test_data", "prediction", "metrics.json", "demo.png")
+_DEMO_FILES = ("model.pt", "test_data", "prediction", "metrics.json", "demo.png", "training.png", "errors.png")
 
 def _save_figure(fig, path):
     "Save `fig` atomically (temporary file in the same folder, then renamed)."
@@ -166,8 +166,11 @@ def run_demo(out_dir="demo-report", # the report folder
     log(f"      {len(pred.localizations)} localizations → {out/'prediction'}")
     log("[4/4] evaluating against the ground truth (SMLM Challenge 2016 protocol)")
     field = (test_config.width*test_config.pixel_nm, test_config.height*test_config.pixel_nm)
-    metrics = assess(sim.ground_truth, pred.localizations, field, crlb_nm=simulation_crlb(sim.ground_truth, test_config))
+    crlb = simulation_crlb(sim.ground_truth, test_config)
+    metrics = assess(sim.ground_truth, pred.localizations, field, crlb_nm=crlb)
     write_json(out/"metrics.json", metrics)
+    _save_figure(plot_training(ckpt), out/"training.png")
+    _save_figure(plot_localization_errors(sim.ground_truth, pred.localizations, crlb_nm=crlb), out/"errors.png")
     net = load_model(ckpt, device="cpu")
     first = predict(net, sim.frames[:1], net.normalizer, pixel_nm=test_config.pixel_nm, device="cpu", progress=False)
     _save_figure(plot_prediction(sim, first, zoom_um=3.2), out/"demo.png")

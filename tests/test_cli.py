@@ -121,7 +121,7 @@ def test_demo_writes_report(tmp_path):
     r = run("demo", "--out", tmp_path/"report", "--epochs", 1, "--samples-per-epoch", 16, "--test-frames", 3, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     report = tmp_path/"report"
-    assert sorted(p.name for p in report.iterdir()) == ["demo.png", "metrics.json", "model.pt", "prediction", "test_data"]
+    assert sorted(p.name for p in report.iterdir()) == ["demo.png", "errors.png", "metrics.json", "model.pt", "prediction", "test_data", "training.png"]
     assert (report/"demo.png").stat().st_size > 10_000
     assert "jaccard_pct" in json.loads((report/"metrics.json").read_text())
     assert str(report.resolve()) in r.stdout
