@@ -145,8 +145,9 @@ def _save_figure(fig, path):
 # %% ../nbs/90_cli.ipynb #54540628
 def run_demo(out_dir="demo-report", # the report folder
              model="deep-storm", upsampling=4,
-             epochs=8, samples_per_epoch=320, patch_size=16, # training length: about 3 minutes for Deep-STORM ×4 on 2 CPU cores
-             test_frames=100, device="auto", seed=0, overwrite=False, progress=True, log=print):
+             epochs=10, samples_per_epoch=1024, patch_size=16, # training length: about 4 minutes for Deep-STORM ×4 on 2 CPU cores
+             test_frames=100, flip_average=True, # localize with outputs averaged over flips (cancels learned shifts)
+             device="auto", seed=0, overwrite=False, progress=True, log=print):
     "Train, predict and evaluate on simulated data; write the report to `out_dir` and return the metrics."
     out = Path(out_dir)
     _check_free(out, _DEMO_FILES, overwrite)
@@ -161,8 +162,9 @@ def run_demo(out_dir="demo-report", # the report folder
     log(f"[2/4] simulating {test_frames} test frames the model has never seen ({test_config.density:g} emitters/µm²)")
     sim = simulate(test_config)
     save_simulation(out/"test_data", sim, overwrite=True)
-    log("[3/4] predicting: localizing every test frame")
-    pred = predict_to_folder(ckpt, out/"test_data"/"frames.tif", out/"prediction", device=device, progress=progress)
+    log(f"[3/4] predicting: localizing every test frame{' (outputs averaged over flips)' if flip_average else ''}")
+    pred = predict_to_folder(ckpt, out/"test_data"/"frames.tif", out/"prediction", device=device, progress=progress,
+                             flip_average=flip_average)
     log(f"      {len(pred.localizations)} localizations → {out/'prediction'}")
     log("[4/4] evaluating against the ground truth (SMLM Challenge 2016 protocol)")
     field = (test_config.width*test_config.pixel_nm, test_config.height*test_config.pixel_nm)
@@ -172,7 +174,8 @@ def run_demo(out_dir="demo-report", # the report folder
     _save_figure(plot_training(ckpt), out/"training.png")
     _save_figure(plot_localization_errors(sim.ground_truth, pred.localizations, crlb_nm=crlb), out/"errors.png")
     net = load_model(ckpt, device="cpu")
-    first = predict(net, sim.frames[:1], net.normalizer, pixel_nm=test_config.pixel_nm, device="cpu", progress=False)
+    first = predict(net, sim.frames[:1], net.normalizer, pixel_nm=test_config.pixel_nm, device="cpu", progress=False,
+                    flip_average=flip_average)
     _save_figure(plot_prediction(sim, first, zoom_um=3.2), out/"demo.png")
     log(metrics_table({k: metrics[k] for k in ("jaccard_pct", "rmse_nm", "crlb_nm", "mean_dx_nm", "mean_dy_nm", "efficiency_pct")}))
     log(f"report written to {out.resolve()}")
@@ -190,10 +193,12 @@ def _parser():
     d.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps (default %(default)s)")
     d.add_argument("--model", default="deep-storm", choices=list_models(), help="model to train (default %(default)s)")
     d.add_argument("--upsampling", type=_positive(int), default=4, help="upsampling factor f (default %(default)s)")
-    d.add_argument("--epochs", type=_positive(int), default=8, help="training epochs (default %(default)s)")
-    d.add_argument("--samples-per-epoch", type=_positive(int), default=320, help="training patches per epoch (default %(default)s)")
+    d.add_argument("--epochs", type=_positive(int), default=10, help="training epochs (default %(default)s)")
+    d.add_argument("--samples-per-epoch", type=_positive(int), default=1024, help="training patches per epoch (default %(default)s)")
     d.add_argument("--patch-size", type=_positive(int), default=16, help="training patch side in camera pixels (default %(default)s)")
     d.add_argument("--test-frames", type=_positive(int), default=100, help="frames of the test stack (default %(default)s)")
+    d.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=True,
+                   help="average the network's outputs over the four flips of each frame: cancels learned shifts (default: on)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     d.add_argument("--overwrite", action="store_true", help="replace an existing report")
 
@@ -255,7 +260,7 @@ def main(argv=None):
             print(f"wrote {len(sim.frames)} frames and {len(sim.ground_truth)} localizations to {args.out_dir}")
         elif args.command == "demo":
             run_demo(args.out, model=args.model, upsampling=args.upsampling, epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
-                     patch_size=args.patch_size, test_frames=args.test_frames, device=args.device, seed=args.seed, overwrite=args.overwrite)
+                     patch_size=args.patch_size, test_frames=args.test_frames, flip_average=args.flip_average, device=args.device, seed=args.seed, overwrite=args.overwrite)
         elif args.command == "train": return _train(args)
         elif args.command == "predict":
             _check_free(args.out, PREDICT_FILES, args.overwrite)
