@@ -9,8 +9,6 @@ __all__ = ['simulate_to_folder', 'metrics_table', 'run_demo', 'main']
 import argparse, dataclasses, json, sys
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__
 from .simulate import SimulationConfig, simulate
 from .io import SIMULATION_FILES, save_simulation, load_simulation, read_localizations, write_json
@@ -91,8 +89,9 @@ def _train(args):
     except TrainingInterrupted as e:
         print(f"\ninterrupted: a resumable checkpoint is in {e.checkpoint}; continue with --resume {e.checkpoint}", file=sys.stderr)
         return 130
-    best = min(history.valid_loss) if getattr(history, "valid", None) else None
-    print(f"wrote {out}" + (f" (best validation loss {best:.4g})" if best is not None else ""))
+    best = history.best_epoch
+    print(f"wrote {out}" + (f" (best epoch {best}: loss {history.valid_loss[history.epoch.index(best)]:.4g})" if best else "")
+          + ("; test " + ", ".join(f"{k} {v:.4g}" for k, v in history.test.items()) if history.test else ""))
     return 0
 
 # %% ../nbs/90_cli.ipynb #29a8a976

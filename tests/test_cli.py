@@ -78,6 +78,7 @@ def test_train_on_the_fly_from_simulation(tmp_path):
             "--samples-per-epoch", "16", "--batch-size", "8", "--patch-size", "16", "--device", "cpu", "--out", tmp_path/"m.pt")
     assert r.returncode == 0, r.stderr
     assert (tmp_path/"m.pt").exists()
+    assert "best epoch 1" in r.stdout and "test nmse" in r.stdout   # the summary names the kept epoch and the test metrics
 
 @pytest.mark.parametrize("args, message", [([], "--simulate"), (["somewhere", "--simulate"], "--simulate"),
                                            (["--simulate", "--model", "resnet"], "--model"), (["--simulate", "--loss", "l2"], "--loss")])
