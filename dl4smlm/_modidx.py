@@ -119,7 +119,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'dl4smlm.distill._WithTeacher.__init__': ('distill.html#_withteacher.__init__', 'dl4smlm/distill.py'),
                                  'dl4smlm.distill._WithTeacher.train': ('distill.html#_withteacher.train', 'dl4smlm/distill.py'),
                                  'dl4smlm.distill._after_guided': ('distill.html#_after_guided', 'dl4smlm/distill.py'),
-                                 'dl4smlm.distill._check_int': ('distill.html#_check_int', 'dl4smlm/distill.py'),
                                  'dl4smlm.distill._distance': ('distill.html#_distance', 'dl4smlm/distill.py'),
                                  'dl4smlm.distill._done': ('distill.html#_done', 'dl4smlm/distill.py'),
                                  'dl4smlm.distill._eta': ('distill.html#_eta', 'dl4smlm/distill.py'),

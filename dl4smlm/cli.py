@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .simulate import SimulationConfig, simulate
-from .io import SIMULATION_FILES, save_simulation, load_simulation, read_localizations, write_json
+from .io import SIMULATION_FILES, atomic_write, save_simulation, load_simulation, read_localizations, write_json
 from .models import list_models
 from .train import LOSSES, TrainingInterrupted, load_model, train_from_folder
 from .localize import PREDICT_FILES, predict, predict_to_folder
@@ -129,17 +129,8 @@ def _evaluate(args):
 _DEMO_FILES = ("model.pt", "test_data", "prediction", "metrics.json", "demo.png", "training.png", "errors.png")
 
 def _save_figure(fig, path):
-    "Save `fig` atomically (temporary file in the same folder, then renamed)."
-    import os, tempfile, matplotlib.pyplot as plt
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
-        plt.close(fig)
+    "Save `fig` as a PNG, atomically (`dl4smlm.io.atomic_write`)."
+    with atomic_write(path, "wb") as f: fig.savefig(f, format="png")
 
 # %% ../nbs/90_cli.ipynb #54540628
 def run_demo(out_dir="demo-report", # the report folder

@@ -364,7 +364,7 @@ def _pair(x, y, rng, augment):
         x, y = dihedral(x, t), dihedral(y, t)
     return torch.from_numpy(np.ascontiguousarray(x, np.float32)[None]), torch.from_numpy(np.ascontiguousarray(y, np.float32)[None])
 
-def _check_int(name, value, low):
+def _check_int(name, value, low=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
     return int(value)

@@ -18,17 +18,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from .data import _check_int
 from .losses import L1L2Loss
 from .models import SMLMModel, get_model, optimize_for_inference
 from .train import Trainer, resolve_device
 
 # %% ../nbs/09_distill.ipynb #1535a59c
-def _check_int(name, value, low=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
-    return int(value)
-
-
 def _side_ratio(guided, hint) -> tuple[int, int]:
     "(up, down): the hint's spatial size is `up`/`down` times the guided map's, one of them 1; a ValueError otherwise."
     (hs, ws), (ht, wt) = guided, hint
