@@ -9,14 +9,20 @@ __all__ = ['simulate_to_folder', 'metrics_table', 'run_demo', 'main']
 import argparse, dataclasses, json, sys
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
-from .simulate import SimulationConfig, simulate
+from .simulate import STRUCTURES, SimulationConfig, make_structure, simulate
 from .io import SIMULATION_FILES, atomic_write, save_simulation, load_simulation, read_localizations, write_json
 from .models import list_models
-from .train import LOSSES, TrainingInterrupted, load_model, train_from_folder
-from .localize import PREDICT_FILES, predict, predict_to_folder
+from .calibrate import AnnotatedStack, calibrate_checkpoint
+from .data import NORMALIZATIONS, find_training_data
+from .io import read_json, read_stack
+from .pretrained import bundled_models, describe
+from .train import LOSSES, TrainingInterrupted, load_checkpoint, load_model, train_from_folder
+from .localize import PREDICT_FILES, predict, predict_checkpoint, predict_to_folder, stack_camera
 from .evaluate import assess, simulation_crlb
-from .visualize import plot_localization_errors, plot_prediction, plot_training
+from .visualize import plot_localization_errors, plot_prediction, plot_resolution, plot_training
 
 # %% ../nbs/90_cli.ipynb #95134c79
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(SimulationConfig)}
@@ -38,27 +44,65 @@ def _non_negative(text):
     if not value >= 0: raise argparse.ArgumentTypeError(f"expected a value >= 0, got {text}")
     return value
 
-def _add_simulation_options(p):
-    "The simulator's options, shared by every command that simulates."
+def _number_or_range(text):
+    "An argparse type: a number >= 0, or a range LOW:HIGH (training draws each patch's value from it)."
+    try:
+        parts = [float(v) for v in text.split(":")]
+        if len(parts) not in (1, 2): raise ValueError
+    except ValueError: raise argparse.ArgumentTypeError(f"expected a number or a range LOW:HIGH, e.g. 0.1:6, got {text!r}") from None
+    if not all(v >= 0 for v in parts) or parts[0] > parts[-1]:
+        raise argparse.ArgumentTypeError(f"expected values >= 0 and LOW <= HIGH, got {text!r}")
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+_RANGED = {"density": "density", "photons": "photons", "background": "background", "sigma_nm": "sigma_nm"}   # option dest -> config field
+
+def _add_simulation_options(p, ranges=False):
+    "The simulator's options, shared by every command that simulates; with `ranges`, density, photons, background and σ take LOW:HIGH too."
     d = _DEFAULTS
+    num = (lambda kind: _number_or_range) if ranges else (lambda kind: kind)
+    r = " or a range LOW:HIGH" if ranges else ""
     g = p.add_argument_group("simulation (defaults resemble the SMLM Challenge 2016 2D data)")
     g.add_argument("--frames", type=_positive(int), default=d["frames"], help="number of frames (default %(default)s)")
     g.add_argument("--size", type=_positive(int), default=d["height"], help="frame height and width in pixels (default %(default)s)")
     g.add_argument("--pixel-nm", type=_positive(float), default=d["pixel_nm"], help="camera pixel size in nm (default %(default)s)")
-    g.add_argument("--density", type=_non_negative, default=d["density"], help="emitters per µm² per frame (default %(default)s)")
-    g.add_argument("--photons", type=_positive(float), default=d["photons"], help="mean photons per emitter (default %(default)s)")
+    g.add_argument("--density", type=num(_non_negative), default=d["density"], help=f"emitters per µm² per frame{r} (default %(default)s)")
+    g.add_argument("--photons", type=num(_positive(float)), default=d["photons"], help=f"mean photons per emitter{r} (default %(default)s)")
     g.add_argument("--photons-sd", type=_non_negative, default=d["photons_sd"], help="standard deviation of the photons (default %(default)s)")
-    g.add_argument("--background", type=_non_negative, default=d["background"], help="background photons per pixel (default %(default)s)")
+    g.add_argument("--background", type=num(_non_negative), default=d["background"], help=f"background photons per pixel{r} (default %(default)s)")
     g.add_argument("--camera", choices=["emccd", "scmos", "ideal"], default=d["camera"], help="camera noise model (default %(default)s)")
-    g.add_argument("--sigma-nm", type=_positive(float), default=d["sigma_nm"], help="PSF standard deviation in nm (default %(default)s)")
+    g.add_argument("--sigma-nm", type=num(_positive(float)), default=d["sigma_nm"], help=f"PSF standard deviation in nm{r} (default %(default)s)")
     g.add_argument("--structure", choices=["uniform", "filaments", "clusters"], default=d["structure"], help="where the emitters sit (default %(default)s)")
     g.add_argument("--seed", type=int, default=d["seed"], help="random seed: same seed, same data (default %(default)s)")
 
+def _add_camera_options(p):
+    "The camera's calibration: to convert ADU to photons (and, when training on simulated frames, to simulate the camera)."
+    g = p.add_argument_group("camera calibration (default: simulation.json beside the data, else the model's or the simulator's camera)")
+    g.add_argument("--baseline", type=_non_negative, default=None, help="offset, ADU")
+    g.add_argument("--e-per-adu", type=_positive(float), default=None, help="conversion gain, e⁻ per ADU")
+    g.add_argument("--em-gain", type=_positive(float), default=None, help="EM gain (EMCCD)")
+    g.add_argument("--qe", type=_positive(float), default=None, help="quantum efficiency, 0 to 1")
+
+def _camera_params(args) -> dict:
+    "The calibration options given on the command line."
+    return {k: getattr(args, k) for k in ("baseline", "e_per_adu", "em_gain", "qe") if getattr(args, k, None) is not None}
+
+def _split_ranges(args) -> tuple:
+    "({field: value} with each range's centre, {field: (low, high)}) of the ranged options."
+    values, ranges = {}, {}
+    for dest, name in _RANGED.items():
+        v = getattr(args, dest)
+        if isinstance(v, tuple):
+            ranges[name] = v
+            v = (v[0] * v[1]) ** 0.5 if name != "sigma_nm" and v[0] > 0 else (v[0] + v[1]) / 2   # centre: geometric for log-drawn ranges
+        values[name] = v
+    return values, ranges
+
 def _config_from_args(args, **overrides):
-    "The `SimulationConfig` that the parsed options describe."
-    kw = dict(frames=args.frames, height=args.size, width=args.size, pixel_nm=args.pixel_nm, density=args.density,
-              photons=args.photons, photons_sd=args.photons_sd, background=args.background, camera=args.camera,
-              sigma_nm=args.sigma_nm, structure=args.structure, seed=args.seed)
+    "The `SimulationConfig` that the parsed options describe (a range's centre for a ranged option)."
+    values, _ = _split_ranges(args)
+    params = _camera_params(args)
+    kw = dict(frames=args.frames, height=args.size, width=args.size, pixel_nm=args.pixel_nm, photons_sd=args.photons_sd,
+              camera=args.camera, camera_params=params, structure=args.structure, seed=args.seed, **values)
     return SimulationConfig(**{**kw, **overrides})
 
 def _check_free(out_dir, names, overwrite):
@@ -80,11 +124,17 @@ def _train(args):
     "Run `dl4smlm train` with parsed options."
     if (args.data_dir is None) == (not args.simulate):
         raise ValueError("give either DATA_DIR or --simulate (train on fresh simulated frames), not both or neither")
+    _, ranges = _split_ranges(args)
+    if ranges and not args.simulate:
+        raise ValueError(f"--{'/--'.join(k.replace('_', '-') for k in ranges)}: a range LOW:HIGH is for training on simulated frames (--simulate)")
+    params = _camera_params(args)
+    camera = {"name": args.camera, **params} if params and not args.simulate else None
     try:
         out, history = train_from_folder(
             args.data_dir, out=args.out, model=args.model, upsampling=args.upsampling, loss=args.loss, lmbda=args.lmbda,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
-            simulate_config=_config_from_args(args) if args.simulate else None, resume=args.resume, overwrite=args.overwrite,
+            simulate_config=_config_from_args(args) if args.simulate else None, ranges=ranges or None, resume=args.resume,
+            overwrite=args.overwrite, normalization=args.normalization, camera=camera, min_emitters=args.min_emitters,
             samples_per_epoch=args.samples_per_epoch, patch_size=args.patch_size, seed=args.seed, num_workers=args.workers)
     except TrainingInterrupted as e:
         print(f"\ninterrupted: a resumable checkpoint is in {e.checkpoint}; continue with --resume {e.checkpoint}", file=sys.stderr)
@@ -92,6 +142,41 @@ def _train(args):
     best = history.best_epoch
     print(f"wrote {out}" + (f" (best epoch {best}: loss {history.valid_loss[history.epoch.index(best)]:.4g})" if best else "")
           + ("; test " + ", ".join(f"{k} {v:.4g}" for k, v in history.test.items()) if history.test else ""))
+    cal = load_checkpoint(out).get("calibration")
+    if cal: print(f"calibrated detection: threshold {cal['threshold']:.3g}, window {2 * cal['radius'] + 1}² fine px, "
+                  f"bias ({cal['bias_nm'][0]:+.1f}, {cal['bias_nm'][1]:+.1f}) nm, mean Jaccard {cal['jaccard_pct']:.1f} % on validation")
+    return 0
+
+def _predict_camera(args):
+    "The camera `predict` converts with: --camera and the calibration options over simulation.json's camera, else the model's."
+    params = _camera_params(args)
+    if args.camera is None and not params: return None                       # simulation.json beside the stack, else the model's
+    base = stack_camera(args.frames) or load_checkpoint(args.checkpoint)["normalizer"].get("camera") or {"name": "emccd"}
+    if args.camera is not None and args.camera != base["name"]: base = {"name": args.camera}
+    return {**base, **params}
+
+def _models(args):
+    "Run `dl4smlm models`: one bundled model per line, its name first."
+    names = bundled_models()
+    if not names: print("no bundled models are installed (make them with tools/train_pretrained.py)", file=sys.stderr); return 1
+    width = max(map(len, names))
+    for n in names: print(f"{n:<{width}}  {describe(load_checkpoint(n))}")
+    return 0
+
+def _calibrate(args):
+    "Run `dl4smlm calibrate`: choose the threshold and bias on an annotated stack."
+    if args.out is None and not args.in_place: raise ValueError("give --out NEW.pt, or --in-place to rewrite CKPT")
+    if args.out is not None and Path(args.out).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out}: already exists; pass --overwrite to replace it")
+    if args.in_place and not Path(args.checkpoint).is_file():
+        raise ValueError(f"{args.checkpoint}: --in-place rewrites a checkpoint file; for a bundled model give --out NEW.pt")
+    found = find_training_data(args.data_dir)
+    ck = load_checkpoint(args.checkpoint)
+    pixel_nm = args.pixel_nm or (read_json(found["simulation"])["config"]["pixel_nm"] if found["simulation"] else ck.get("pixel_nm") or 100.0)
+    stack = AnnotatedStack(str(args.data_dir), read_stack(found["frames"]), read_localizations(found["localizations"]), pixel_nm)
+    cal = calibrate_checkpoint(args.checkpoint, [stack], out=args.out, device=args.device)
+    print(f"wrote {args.out or args.checkpoint}: threshold {cal['threshold']:.3g}, window {2 * cal['radius'] + 1}² fine px, "
+          f"bias ({cal['bias_nm'][0]:+.1f}, {cal['bias_nm'][1]:+.1f}) nm, Jaccard {cal['jaccard_pct']:.1f} % on {args.data_dir}")
     return 0
 
 # %% ../nbs/90_cli.ipynb #29a8a976
@@ -126,48 +211,82 @@ def _evaluate(args):
     return 0
 
 # %% ../nbs/90_cli.ipynb #502da121
-_DEMO_FILES = ("model.pt", "test_data", "prediction", "metrics.json", "demo.png", "training.png", "errors.png")
+_DEMO_FILES = ("model.pt", "test_data", "prediction", "metrics.json", "resolution.png", "training.png", "errors.png")
 
 def _save_figure(fig, path):
     "Save `fig` as a PNG, atomically (`dl4smlm.io.atomic_write`)."
     with atomic_write(path, "wb") as f: fig.savefig(f, format="png")
 
 # %% ../nbs/90_cli.ipynb #54540628
+def _profile_site(cfg, margin_nm=900.0):
+    "A line pair of the sample and a point on it away from every other pair and the edges: (centre (x, y), normal) in nm."
+    s = make_structure(cfg, np.random.default_rng(cfg.seed))          # the simulator draws the structure first: the same layout
+    W, H = cfg.width * cfg.pixel_nm, cfg.height * cfg.pixel_nm
+    best, site = -1.0, None
+    for k, (c, d, n) in enumerate(zip(s.centres, s.directions, s.normals)):
+        for t in np.arange(-3000, 3001, 100.0):
+            p = c + t * d
+            if not (margin_nm <= p[0] <= W - margin_nm and margin_nm <= p[1] <= H - margin_nm): continue
+            others = [abs((p - c2) @ n2) - s.separation_nm / 2 for j, (c2, n2) in enumerate(zip(s.centres, s.normals)) if j != k]
+            clear = min(others, default=np.inf)
+            if clear > best: best, site = clear, (tuple(p), tuple(n))
+    return site
+
 def run_demo(out_dir="demo-report", # the report folder
-             model="deep-storm", upsampling=4,
-             epochs=10, samples_per_epoch=1024, patch_size=16, # training length: about 4 minutes for Deep-STORM ×4 on 2 CPU cores
-             test_frames=100, flip_average=True, # localize with outputs averaged over flips (cancels learned shifts)
+             model="fid-storm", upsampling=4, # the model trained in the demo
+             epochs=5, samples_per_epoch=1024, patch_size=16, # training length: about 1 minute for FID-STORM ×4 on 2 CPU cores
+             bundled="fid-storm-x8-emccd", # the bundled model that localizes the sample (None: the one trained here)
+             test_frames=1000, # frames of the sample (line pairs 150 nm apart, blinking)
+             flip_average=False, # average the outputs over flips (the calibrated bias is removed without it)
              device="auto", seed=0, overwrite=False, progress=True, log=print):
-    "Train, predict and evaluate on simulated data; write the report to `out_dir` and return the metrics."
+    """Train a small model on simulated frames (density 0.1–6 µm⁻², photon input, calibrated), simulate a sample of blinking line pairs
+    closer than the diffraction limit, localize it with a bundled model (and the one trained here), score both, write the report."""
     out = Path(out_dir)
     _check_free(out, _DEMO_FILES, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    train_config = SimulationConfig(density=2.0, seed=seed)
-    log(f"[1/4] training {model} (×{upsampling}) on fresh simulated frames: {epochs} epochs of {samples_per_epoch} patches of {patch_size} px, device {device}")
-    ckpt, history = train_from_folder(simulate_config=train_config, out=out/"model.pt", model=model, upsampling=upsampling,
-                                      epochs=epochs, samples_per_epoch=samples_per_epoch, patch_size=patch_size, device=device,
-                                      seed=seed, early_stopping=None, overwrite=True, progress=progress)
-    log(f"      best validation loss {min(history.valid_loss):.4g} → {ckpt}")
-    test_config = SimulationConfig(frames=test_frames, density=1.0, seed=seed + 1000)
-    log(f"[2/4] simulating {test_frames} test frames the model has never seen ({test_config.density:g} emitters/µm²)")
-    sim = simulate(test_config)
+    log(f"[1/5] training {model} (×{upsampling}) on fresh simulated frames, 0.1–6 emitters/µm² and 500–5,000 photons: "
+        f"{epochs} epochs of {samples_per_epoch} patches of {patch_size} px, device {device}")
+    ckpt, history = train_from_folder(simulate_config=SimulationConfig(height=32, width=32, seed=seed), out=out/"model.pt", model=model,
+                                      upsampling=upsampling, epochs=epochs, samples_per_epoch=samples_per_epoch, patch_size=patch_size,
+                                      ranges={"density": (0.1, 6.0), "photons": (500.0, 5000.0)}, device=device, seed=seed,
+                                      early_stopping=None, overwrite=True, progress=progress)
+    cal = load_checkpoint(ckpt)["calibration"] or {}
+    log(f"      best validation loss {min(history.valid_loss):.4g}, calibrated threshold {cal.get('threshold', float('nan')):.3g} → {ckpt}")
+    cfg = SimulationConfig(frames=test_frames, structure="line-pairs", filaments=3, pair_separation_nm=150.0, blinking=True,
+                           density=1.0, photons_sd=600.0, seed=seed + 1000)
+    log(f"[2/5] simulating the sample: {test_frames} frames of blinking line pairs 150 nm apart, never seen in training")
+    sim = simulate(cfg)
     save_simulation(out/"test_data", sim, overwrite=True)
-    log(f"[3/4] predicting: localizing every test frame{' (outputs averaged over flips)' if flip_average else ''}")
-    pred = predict_to_folder(ckpt, out/"test_data"/"frames.tif", out/"prediction", device=device, progress=progress,
-                             flip_average=flip_average)
-    log(f"      {len(pred.localizations)} localizations → {out/'prediction'}")
-    log("[4/4] evaluating against the ground truth (SMLM Challenge 2016 protocol)")
-    field = (test_config.width*test_config.pixel_nm, test_config.height*test_config.pixel_nm)
-    crlb = simulation_crlb(sim.ground_truth, test_config)
-    metrics = assess(sim.ground_truth, pred.localizations, field, crlb_nm=crlb)
+    models = {}
+    if bundled is not None and bundled in bundled_models(): models[f"bundled {bundled}"] = bundled
+    elif bundled is not None: log(f"      (bundled model {bundled!r} is not installed: the model trained here localizes the sample)")
+    models[f"trained {model} ×{upsampling}"] = ckpt
+    log(f"[3/5] localizing the sample with {' and '.join(models)}")
+    preds = {}
+    for i, (name, source) in enumerate(models.items()):
+        if i == 0: preds[name] = predict_to_folder(source, out/"test_data"/"frames.tif", out/"prediction", device=device,
+                                                   progress=progress, flip_average=flip_average)
+        else: preds[name] = predict_checkpoint(source, sim.frames, device=device, progress=progress, flip_average=flip_average)
+    main_name, main = next(iter(preds.items()))
+    log(f"      {len(main.localizations)} localizations ({main_name}) → {out/'prediction'}")
+    log("[4/5] evaluating against the ground truth (SMLM Challenge 2016 protocol)")
+    field = (cfg.width*cfg.pixel_nm, cfg.height*cfg.pixel_nm)
+    crlb = simulation_crlb(sim.ground_truth, cfg)
+    metrics = {name: assess(sim.ground_truth, p.localizations, field, crlb_nm=crlb) for name, p in preds.items()}
+    log("[5/5] figures: resolution.png (widefield against super-resolved, with a line profile), training.png, errors.png")
+    centre, normal = _profile_site(cfg)
+    fig, fits = plot_resolution(sim.photons(), main.localizations, cfg.pixel_nm, centre, normal,
+                                title=f"{test_frames} frames, {len(main.localizations):,} localizations ({main_name})")
+    _save_figure(fig, out/"resolution.png")
+    metrics["line_profile"] = {"true_separation_nm": cfg.pair_separation_nm, **fits}
     write_json(out/"metrics.json", metrics)
     _save_figure(plot_training(ckpt), out/"training.png")
-    _save_figure(plot_localization_errors(sim.ground_truth, pred.localizations, crlb_nm=crlb), out/"errors.png")
-    net = load_model(ckpt, device="cpu")
-    first = predict(net, sim.frames[:1], net.normalizer, pixel_nm=test_config.pixel_nm, device="cpu", progress=False,
-                    flip_average=flip_average)
-    _save_figure(plot_prediction(sim, first, zoom_um=3.2), out/"demo.png")
-    log(metrics_table({k: metrics[k] for k in ("jaccard_pct", "rmse_nm", "crlb_nm", "mean_dx_nm", "mean_dy_nm", "efficiency_pct")}))
+    _save_figure(plot_localization_errors(sim.ground_truth, main.localizations, crlb_nm=crlb), out/"errors.png")
+    keys = ("jaccard_pct", "precision_pct", "rmse_nm", "crlb_nm", "mean_dx_nm", "mean_dy_nm", "efficiency_pct")
+    for name in preds: log(f"{name}:\n" + metrics_table({k: metrics[name][k] for k in keys}))
+    s, w = fits["smlm"], fits["widefield"]
+    if s and w: log(f"line profile: widefield shows one peak (FWHM {w['fwhm_nm'][0]:.0f} nm); the localizations resolve two lines "
+                    f"{s['separation_nm']:.0f} nm apart (true: {cfg.pair_separation_nm:g} nm; FWHM {s['fwhm_nm'][0]:.0f} and {s['fwhm_nm'][1]:.0f} nm)")
     log(f"report written to {out.resolve()}")
     return metrics
 
@@ -181,14 +300,15 @@ def _parser():
                        description="Train a model on simulated frames, localize a fresh test stack, score it, write a report folder.")
     d.add_argument("--out", default="demo-report", help="report folder (default %(default)s)")
     d.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps (default %(default)s)")
-    d.add_argument("--model", default="deep-storm", choices=list_models(), help="model to train (default %(default)s)")
+    d.add_argument("--model", default="fid-storm", choices=list_models(), help="model to train (default %(default)s)")
     d.add_argument("--upsampling", type=_positive(int), default=4, help="upsampling factor f (default %(default)s)")
-    d.add_argument("--epochs", type=_positive(int), default=10, help="training epochs (default %(default)s)")
+    d.add_argument("--epochs", type=_positive(int), default=5, help="training epochs (default %(default)s)")
     d.add_argument("--samples-per-epoch", type=_positive(int), default=1024, help="training patches per epoch (default %(default)s)")
     d.add_argument("--patch-size", type=_positive(int), default=16, help="training patch side in camera pixels (default %(default)s)")
-    d.add_argument("--test-frames", type=_positive(int), default=100, help="frames of the test stack (default %(default)s)")
-    d.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=True,
-                   help="average the network's outputs over the four flips of each frame: cancels learned shifts (default: on)")
+    d.add_argument("--test-frames", type=_positive(int), default=1000, help="frames of the sample (default %(default)s)")
+    d.add_argument("--bundled", default="fid-storm-x8-emccd", help="bundled model that localizes the sample; 'none': the one trained here (default %(default)s)")
+    d.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=False,
+                   help="average the network's outputs over the four flips of each frame, 4× the time (default: off; the calibrated bias is removed instead)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     d.add_argument("--overwrite", action="store_true", help="replace an existing report")
 
@@ -216,18 +336,37 @@ def _parser():
     t.add_argument("--resume", metavar="CKPT", help="continue an interrupted training from its checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     t.add_argument("--simulate", action="store_true", help="train on fresh simulated frames made with the options below")
-    _add_simulation_options(t)
+    t.add_argument("--normalization", choices=NORMALIZATIONS, default="photons",
+                   help="network input: frames in photons scaled by fixed numbers, or each frame scaled by its min and max (Deep-STORM) (default %(default)s)")
+    t.add_argument("--min-emitters", type=int, default=None, help="emitters a training patch must hold (default: 7, or 0 with a density range)")
+    _add_simulation_options(t, ranges=True)
+    _add_camera_options(t)
 
-    r = sub.add_parser("predict", help="localize a TIFF stack with a trained checkpoint",
+    r = sub.add_parser("predict", help="localize a TIFF stack with a trained checkpoint or a bundled model",
                        description="Write DIR/localizations.csv, DIR/super_resolution.tif and DIR/super_resolution.png.")
-    r.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by `dl4smlm train`")
+    r.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by `dl4smlm train`, or a bundled model's name (`dl4smlm models`)")
     r.add_argument("frames", metavar="FRAMES.tif", help="a (frames, height, width) TIFF stack")
     r.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default %(default)s)")
-    r.add_argument("--threshold", type=_non_negative, default=None, help="detection threshold on the heat map (default: the checkpoint's)")
+    r.add_argument("--threshold", type=_non_negative, default=None, help="detection threshold on the heat map (default: the checkpoint's calibrated one)")
+    r.add_argument("--camera", choices=["emccd", "scmos", "ideal"], default=None, help="camera that recorded the stack (default: simulation.json beside it, else the model's)")
+    _add_camera_options(r)
     r.add_argument("--batch-size", type=_positive(int), default=8, help="tiles per forward pass (default %(default)s)")
     r.add_argument("--flip-average", action="store_true", help="average the network's outputs over the four flips of each frame: cancels learned shifts, 4× the time")
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
+
+    m = sub.add_parser("models", help="list the bundled pretrained models", description="One bundled model per line: its name, then what it was trained for.")
+
+    c = sub.add_parser("calibrate", help="choose a checkpoint's detection threshold and bias on an annotated stack",
+                       description="Choose the threshold and window that maximise the Jaccard index on DATA_DIR's frames and ground truth, "
+                                   "measure the mean bias, and write the calibrated checkpoint.")
+    c.add_argument("checkpoint", metavar="CKPT", help="a checkpoint or a bundled model's name")
+    c.add_argument("data_dir", metavar="DATA_DIR", help="what `dl4smlm simulate` writes, or a folder with one TIFF stack and its localization CSV")
+    c.add_argument("--out", default=None, metavar="NEW.pt", help="the calibrated checkpoint to write")
+    c.add_argument("--in-place", action="store_true", help="rewrite CKPT itself")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    c.add_argument("--pixel-nm", type=_positive(float), default=None, help="camera pixel size (default: simulation.json, else the checkpoint's)")
+    c.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default %(default)s)")
 
     e = sub.add_parser("evaluate", help="score localizations against a ground truth (SMLM Challenge 2016)",
                        description="Match localizations to the ground truth frame by frame and print the metrics as JSON.")
@@ -250,14 +389,18 @@ def main(argv=None):
             print(f"wrote {len(sim.frames)} frames and {len(sim.ground_truth)} localizations to {args.out_dir}")
         elif args.command == "demo":
             run_demo(args.out, model=args.model, upsampling=args.upsampling, epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
-                     patch_size=args.patch_size, test_frames=args.test_frames, flip_average=args.flip_average, device=args.device, seed=args.seed, overwrite=args.overwrite)
+                     patch_size=args.patch_size, test_frames=args.test_frames, flip_average=args.flip_average, device=args.device, seed=args.seed,
+                     overwrite=args.overwrite, bundled=None if args.bundled.lower() == "none" else args.bundled)
         elif args.command == "train": return _train(args)
         elif args.command == "predict":
             _check_free(args.out, PREDICT_FILES, args.overwrite)
             pred = predict_to_folder(args.checkpoint, args.frames, args.out, device=args.device, threshold=args.threshold, batch_size=args.batch_size,
+                                     camera=_predict_camera(args),
                                      flip_average=args.flip_average)
             print(f"wrote {len(pred.localizations)} localizations from {pred.n_frames} frames to {args.out}")
         elif args.command == "evaluate": return _evaluate(args)
+        elif args.command == "models": return _models(args)
+        elif args.command == "calibrate": return _calibrate(args)
     except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
         p.exit(2, f"dl4smlm {args.command}: error: {e}\n")
     return 0

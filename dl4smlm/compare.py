@@ -24,6 +24,7 @@ from .evaluate import assess, simulation_crlb
 from .io import read_json
 from .localize import DEFAULT_THRESHOLD, _ideal_peak, predict
 from .models import SMLMModel, count_macs, count_parameters, get_model, list_models, optimize_for_inference
+from .pretrained import bundled_models, bundled_path
 from .simulate import Simulation, SimulationConfig, simulate
 from .train import Trainer, load_checkpoint, load_model, resolve_device
 
@@ -126,11 +127,13 @@ def score_model(model, # maps normalised (B, 1, H, W) frames to (B, 1, f·H, f·
                 test_sets:dict, # {density: `Simulation`}, from `make_test_sets`
                 normalizer=None, # input transform; default `model.normalizer` (set by `load_model`)
                 *,
-                threshold:float=DEFAULT_THRESHOLD, # peak threshold, heat-map units
+                threshold:float|None=None, # peak threshold, heat-map units; None: the model's calibrated one (`model.calibration`), else DEFAULT_THRESHOLD
                 device="auto", # where the model runs (and is timed)
                 batch_size:int=8, # frames per forward pass
                 label:str|None=None, # the model's name in the table; default `model.name`
                 flip_average:bool=False, # average the outputs over the four flips of each frame (`dl4smlm.localize.FlipAverage`)
+                radius:int|None=None, # peak and refinement window (2r+1)²; None: the calibrated one, else 1
+                bias_nm=None, # (dx, dy) subtracted; None: the calibrated bias (not with flip averaging), else none
                ) -> pd.DataFrame: # one row per density
     "Localize every test set with `model` and score it (SMLM Challenge 2016 metrics, CRLB, grid floor, size, time per frame)."
     normalizer = normalizer if normalizer is not None else getattr(model, "normalizer", None)
@@ -140,8 +143,12 @@ def score_model(model, # maps normalised (B, 1, H, W) frames to (B, 1, f·H, f·
     label = label or getattr(model, "name", type(model).__name__)
     first = next(iter(test_sets.values()))
     params, macs = _size(model, first.config.height, first.config.width)
-    run = lambda frames: predict(model, frames, normalizer, pixel_nm=first.config.pixel_nm, threshold=threshold,
-                                 device=device, batch_size=batch_size, flip_average=flip_average, progress=False)
+    cal = getattr(model, "calibration", None) or {}
+    threshold = cal.get("threshold", DEFAULT_THRESHOLD) if threshold is None else threshold
+    radius = cal.get("radius", 1) if radius is None else radius
+    bias_nm = (None if flip_average else cal.get("bias_nm")) if bias_nm is None else bias_nm
+    run = lambda frames: predict(model, frames, normalizer, pixel_nm=first.config.pixel_nm, threshold=threshold, radius=radius,
+                                 bias_nm=bias_nm, device=device, batch_size=batch_size, flip_average=flip_average, progress=False)
     run(first.frames[:1])                                                    # warm-up: allocations, kernel choice
     rows = []
     for density, sim in test_sets.items():
@@ -211,7 +218,9 @@ def _entries(models) -> list:
         elif isinstance(m, str) and m.strip().lower().replace("_", "").replace("-", "").replace(" ", "") in names:
             out.append((label or names[m.strip().lower().replace("_", "").replace("-", "").replace(" ", "")], m))
         elif isinstance(m, (str, Path)) and Path(m).is_file(): out.append((label or Path(m).stem, Path(m)))
-        else: raise ValueError(f"models: {m!r} is neither a model name {list_models()}, nor an existing checkpoint file, nor a torch module")
+        elif isinstance(m, str) and bundled_path(m) is not None: out.append((label or m, bundled_path(m)))
+        else: raise ValueError(f"models: {m!r} is neither a model name {list_models()}, nor an existing checkpoint file, nor a bundled model "
+                               f"{bundled_models()}, nor a torch module")
     labels = [l for l, _ in out]
     if len(set(labels)) != len(labels): raise ValueError(f"models: labels must be unique, got {labels}; pass a dict {{label: model}}")
     return out
@@ -281,8 +290,9 @@ def compare_models(models=("deep-storm", "fid-storm"), # model names (trained he
             if isinstance(entry, nn.Module):
                 model, thr = entry, DEFAULT_THRESHOLD if threshold is None else threshold
             elif isinstance(entry, Path):
-                target = load_checkpoint(entry)["target"]
-                thr = DEFAULT_THRESHOLD * _ideal_peak(target) / _ideal_peak({"kind": "heatmap"}) if threshold is None else threshold
+                ck = load_checkpoint(entry)
+                thr = threshold if threshold is not None else None if ck.get("calibration") else \
+                    DEFAULT_THRESHOLD * _ideal_peak(ck["target"]) / _ideal_peak({"kind": "heatmap"})   # None: its calibration
                 model = load_model(entry, device=device)
             else:
                 if datasets is None:

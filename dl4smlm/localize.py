@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['DEFAULT_THRESHOLD', 'REFINE_METHODS', 'PREDICT_FILES', 'find_peaks', 'refine_peaks', 'localize_heatmaps',
            'render_histogram', 'render_gaussian', 'add_scale_bar', 'tiled_forward', 'FlipAverage', 'Prediction',
-           'predict', 'predict_checkpoint', 'predict_to_folder']
+           'predict', 'predict_checkpoint', 'stack_camera', 'predict_to_folder']
 
 # %% ../nbs/06_localize.ipynb #03728237
 import math
@@ -20,7 +20,8 @@ from torch import nn
 from scipy.special import erf
 from tqdm import tqdm
 
-from .io import atomic_write, read_stack, write_localizations, write_stack
+from .data import PhotonNormalizer
+from .io import atomic_write, read_json, read_stack, write_localizations, write_stack
 from .models import optimize_for_inference
 from .simulate import gaussian_kernel
 from .train import load_checkpoint, load_model, resolve_device
@@ -314,6 +315,7 @@ def predict(model, # a torch module mapping (B, 1, h, w) frames to (B, 1, f·h, 
             tile=128, overlap=16, batch_size=8, # passed to `tiled_forward`
             device="auto", # where the model runs (see `resolve_device`); the model is moved there
             flip_average=False, # average the model's outputs over the four flips of each frame (`FlipAverage`): 4× the time
+            bias_nm=None, # (dx, dy) mean error measured on validation (`dl4smlm.calibrate`), subtracted from every position
             progress=True): # show a progress bar (tqdm, on stderr)
     "Localize every frame of a stack with `model`, streaming it in batches: a `Prediction`."
     n, (H, W) = _frame_shape(frames)
@@ -342,6 +344,9 @@ def predict(model, # a torch module mapping (B, 1, h, w) frames to (B, 1, f·h, 
         model.train(was_training)
     locs = pd.concat(tables, ignore_index=True)
     locs["id"] = np.arange(1, len(locs) + 1)
+    if bias_nm is not None:
+        locs["x [nm]"] -= float(bias_nm[0])
+        locs["y [nm]"] -= float(bias_nm[1])
     return Prediction(locs, total.astype(np.float32), float(pixel_nm), int(f), int(n))
 
 # %% ../nbs/06_localize.ipynb #f6ca48e8
@@ -353,19 +358,34 @@ def _ideal_peak(target):
     size, sigma = int(target.get("size", 7)), float(target.get("sigma_px", 1.0))
     return float(target.get("scale", 100.0)) * float(gaussian_kernel(size, sigma)[size // 2, size // 2])
 
-def predict_checkpoint(checkpoint, # a .pt file written by dl4smlm.train
+def predict_checkpoint(checkpoint, # a .pt file written by dl4smlm.train, or a bundled model's name
                        frames, # (N, H, W) frames (array, memory-mapped stack) or one (H, W) frame
-                       threshold=None, # None: DEFAULT_THRESHOLD scaled to the checkpoint's target
+                       threshold=None, # None: the checkpoint's calibrated threshold (else DEFAULT_THRESHOLD scaled to its target)
                        pixel_nm=None, # camera pixel size; None: the checkpoint's (else 100 nm)
                        device="auto",
-                       **kwargs): # passed to `predict` (radius, method, tile, overlap, batch_size, progress)
-    "`predict` with a trained checkpoint: its model, its normalisation, its pixel size."
+                       camera=None, # the camera that recorded `frames` (a `Camera` or its dict); None: the one the model was trained for
+                       **kwargs): # passed to `predict` (radius, method, bias_nm, flip_average, tile, overlap, batch_size, progress)
+    """`predict` with a trained checkpoint: its model, its input transform (photons with `camera`'s calibration), its pixel size,
+    and its calibration: threshold, window radius and the bias subtracted (not with flip averaging, which cancels it)."""
     ck = load_checkpoint(checkpoint)
     device = resolve_device(device)
     model = optimize_for_inference(load_model(checkpoint, device=device))
-    if threshold is None: threshold = DEFAULT_THRESHOLD * _ideal_peak(ck["target"]) / _ideal_peak({"kind": "heatmap"})
+    cal = ck.get("calibration") or {}
+    if threshold is None:
+        threshold = cal.get("threshold", DEFAULT_THRESHOLD * _ideal_peak(ck["target"]) / _ideal_peak({"kind": "heatmap"}))
+    if kwargs.get("radius") is None: kwargs["radius"] = cal.get("radius", 1)
+    if kwargs.get("bias_nm") is None and not kwargs.get("flip_average") and cal.get("bias_nm"): kwargs["bias_nm"] = cal["bias_nm"]
     if pixel_nm is None: pixel_nm = ck.get("pixel_nm") or 100.0
-    return predict(model, frames, model.normalizer, pixel_nm=pixel_nm, threshold=threshold, device=device, **kwargs)
+    normalizer = model.normalizer
+    if camera is not None and isinstance(normalizer, PhotonNormalizer): normalizer = normalizer.with_camera(camera)
+    return predict(model, frames, normalizer, pixel_nm=pixel_nm, threshold=threshold, device=device, **kwargs)
+
+def stack_camera(frames_path): # a TIFF stack
+    "The camera of a stack that `dl4smlm simulate` wrote (from the simulation.json beside it), else None."
+    p = Path(frames_path).parent / "simulation.json"
+    if not p.is_file(): return None
+    c = read_json(p).get("config") or {}
+    return {"name": c["camera"], **c.get("camera_params", {})} if "camera" in c else None
 
 def _save_rendering(path, image, pixel_nm, title):
     "Write `image` as a PNG with a scale bar, atomically (matplotlib without pyplot: no global figure state)."
@@ -392,10 +412,12 @@ def predict_to_folder(checkpoint, # a .pt file written by dl4smlm.train
                       render_pixel_nm=None, # pixel of the rendered PNG; None: the super-resolved grid, p/f
                       sigma_nm=20.0, # width of each localization in the rendering
                       progress=True,
+                      camera=None, # the camera's calibration; None: simulation.json beside the stack, else the model's training camera
                       **kwargs): # passed to `predict` (radius, method, tile, overlap)
     "Localize a TIFF stack with a checkpoint and write the table, the summed image and a rendering to `out_dir`."
     frames = read_stack(frames_path)
-    pred = predict_checkpoint(checkpoint, frames, threshold, pixel_nm, device, batch_size=batch_size, progress=progress, **kwargs)
+    camera = stack_camera(frames_path) if camera is None else camera
+    pred = predict_checkpoint(checkpoint, frames, threshold, pixel_nm, device, camera, batch_size=batch_size, progress=progress, **kwargs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     q = pred.pixel_nm / pred.upsampling

@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['STRUCTURES', 'PHOTON_DISTRIBUTIONS', 'BACKGROUND_PROFILES', 'CAMERAS', 'GROUND_TRUTH_COLUMNS', 'PSF', 'GaussianPSF',
-           'Structure', 'UniformStructure', 'FilamentStructure', 'ClusterStructure', 'sample_photons', 'blink_states',
-           'background_map', 'Camera', 'IdealCamera', 'SCMOSCamera', 'EMCCDCamera', 'make_camera', 'render_spikes',
-           'gaussian_kernel', 'render_heatmap', 'SimulationConfig', 'make_structure', 'sample_emitters',
-           'expected_photons', 'Simulation', 'simulate', 'crlb', 'mortensen_precision']
+           'Structure', 'UniformStructure', 'FilamentStructure', 'ClusterStructure', 'LinePairsStructure',
+           'sample_photons', 'blink_states', 'background_map', 'Camera', 'IdealCamera', 'SCMOSCamera', 'EMCCDCamera',
+           'make_camera', 'render_spikes', 'gaussian_kernel', 'render_heatmap', 'SimulationConfig', 'make_structure',
+           'sample_emitters', 'expected_photons', 'Simulation', 'simulate', 'crlb', 'mortensen_precision']
 
 # %% ../nbs/00_simulate.ipynb #3279f5cb
 import dataclasses
@@ -192,7 +192,27 @@ class ClusterStructure(Structure):
         return q[:, 0], q[:, 1]
 
 
-STRUCTURES = ("uniform", "filaments", "clusters")
+class LinePairsStructure(Structure):
+    """Pairs of straight parallel lines `separation_nm` apart, across the field at random positions and angles: a resolution
+    test (two lines closer than the diffraction limit look like one in widefield). Labels spread (sd `spread_nm`) around each line."""
+
+    def __init__(self, height_nm:float, width_nm:float, rng:np.random.Generator, n:int=3, separation_nm:float=150.0, spread_nm:float=20.0):
+        super().__init__(height_nm, width_nm)
+        self.separation_nm, self.spread_nm = float(separation_nm), float(spread_nm)
+        self.centres = np.stack([rng.uniform(0.25, 0.75, n) * width_nm, rng.uniform(0.25, 0.75, n) * height_nm], 1)   # (n, 2) nm
+        angle = rng.uniform(0, np.pi, n)
+        self.directions = np.stack([np.cos(angle), np.sin(angle)], 1)          # along the lines
+        self.normals = np.stack([-np.sin(angle), np.cos(angle)], 1)            # across: line k of a pair sits at ∓separation/2
+
+    def _draw(self, n, rng):
+        pair, side = rng.integers(0, len(self.centres), n), rng.integers(0, 2, n) * 2 - 1
+        along = rng.uniform(-1, 1, n) * math.hypot(self.height_nm, self.width_nm)
+        across = side * self.separation_nm / 2 + rng.normal(0, self.spread_nm, n)
+        q = self.centres[pair] + along[:, None] * self.directions[pair] + across[:, None] * self.normals[pair]
+        return q[:, 0], q[:, 1]
+
+
+STRUCTURES = ("uniform", "filaments", "clusters", "line-pairs")
 
 # %% ../nbs/00_simulate.ipynb #00507c7d
 PHOTON_DISTRIBUTIONS = ("normal", "lognormal", "exponential")
@@ -478,6 +498,7 @@ class SimulationConfig:
     filament_persistence_nm: float = 5000.0  # 'filaments': persistence length, nm
     clusters: int = 20                  # 'clusters': number of clusters
     cluster_radius_nm: float = 50.0     # 'clusters': sd of the emitters around a centre, nm
+    pair_separation_nm: float = 150.0   # 'line-pairs': distance between the two lines of a pair, nm (their number: `filaments`)
     blinking: bool = False              # fixed fluorophores switching on and off (else fresh emitters every frame)
     label_density: float = 50.0        # blinking: fluorophores per µm²
     on_frames: float = 3.0              # blinking: mean number of consecutive frames a fluorophore stays on
@@ -509,6 +530,7 @@ class SimulationConfig:
         number("filament_persistence_nm", 0, True, what="a persistence length in nm")
         put("clusters", _check_int("clusters", self.clusters, 1))
         number("cluster_radius_nm", 0, what="a radius in nm")
+        number("pair_separation_nm", 0, what="a distance in nm")
         if not isinstance(self.blinking, (bool, np.bool_)):
             raise ValueError(f"SimulationConfig.blinking: expected True or False, got {self.blinking!r}")
         put("blinking", bool(self.blinking))
@@ -567,6 +589,7 @@ def make_structure(cfg:SimulationConfig, rng:np.random.Generator) -> Structure:
     if cfg.structure == "filaments":
         return FilamentStructure(h, w, rng, cfg.filaments, cfg.filament_persistence_nm, cfg.filament_width_nm)
     if cfg.structure == "clusters": return ClusterStructure(h, w, rng, cfg.clusters, cfg.cluster_radius_nm)
+    if cfg.structure == "line-pairs": return LinePairsStructure(h, w, rng, cfg.filaments, cfg.pair_separation_nm, cfg.filament_width_nm)
     return UniformStructure(h, w)
 
 

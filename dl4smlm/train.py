@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from . import __version__
-from .data import HEATMAP, ImageDataset, Normalizer, SimulatedDataset
+from .data import HEATMAP, ImageDataset, SimulatedDataset, normalizer_from_dict
 from .io import atomic_write
 from .losses import L1L2Loss, WeightedMAELoss, WeightedMSELoss
 from .models import get_model, list_models
@@ -260,10 +260,18 @@ def save_checkpoint(path, # the .pt file to create or replace
     with atomic_write(path, "wb") as f: torch.save(ck, f)
     return path
 
-def load_checkpoint(path, # a checkpoint written by `save_checkpoint`
+def _checkpoint_path(path):
+    "`path`, or the file of the bundled model called `path` (see `dl4smlm.pretrained`) when no such file exists."
+    p = Path(path)
+    if not p.exists() and isinstance(path, str) and "/" not in path and "\\" not in path:
+        from dl4smlm.pretrained import bundled_path
+        return bundled_path(path) or p
+    return p
+
+def load_checkpoint(path, # a checkpoint written by `save_checkpoint`, or the name of a bundled model (`dl4smlm models`)
                     map_location="cpu") -> dict: # where the tensors go
     "Read a checkpoint safely (`weights_only=True`: tensors and plain data only, no code runs) and check it; a `CheckpointError` says what is wrong."
-    path = Path(path)
+    path = _checkpoint_path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such file (expected a dl4smlm checkpoint, .pt)")
     if path.stat().st_size == 0: raise CheckpointError(f"{path}: empty file (0 bytes), expected a dl4smlm checkpoint")
     if not zipfile.is_zipfile(path):
@@ -305,12 +313,13 @@ def _build_model(ck, label):
                               f"{spec.get('kwargs', {})}); incompatible checkpoint: {str(e).splitlines()[0]}") from e
     return model
 
-def load_model(path, # a checkpoint written by dl4smlm
+def load_model(path, # a checkpoint written by dl4smlm, or the name of a bundled model
                device="cpu") -> nn.Module: # 'cpu', 'cuda', 'mps' or 'auto'
     "The trained model of a checkpoint (best validation weights), in eval mode on `device`; `model.normalizer` holds its input transform."
     ck = load_checkpoint(path)
     model = _build_model(ck, str(path))
-    model.normalizer = Normalizer.from_dict(ck["normalizer"])
+    model.normalizer = normalizer_from_dict(ck["normalizer"])
+    model.calibration, model.pixel_nm = ck.get("calibration"), ck.get("pixel_nm")
     return model.to(resolve_device(device)).eval()
 
 # %% ../nbs/05_train.ipynb #accee0fe
@@ -536,7 +545,7 @@ class Trainer:
         if r is None: raise CheckpointError(f"{path}: holds no training state to resume from (it was saved with resume=False)")
         if int(train_data.upsampling) != ck["upsampling"]:
             raise ValueError(f"train_data: upsampling {train_data.upsampling}, but {path} was trained with upsampling {ck['upsampling']}")
-        saved = Normalizer.from_dict(ck["normalizer"])
+        saved = normalizer_from_dict(ck["normalizer"])
         for ds in (train_data, valid_data):
             if ds is not None and getattr(ds, "normalizer", saved) != saved:
                 if ds is train_data: warnings.warn(f"{path}: the data's normalizer {ds.normalizer} differs from the checkpoint's {saved}; using the checkpoint's")
@@ -627,7 +636,12 @@ def train_from_folder(data_dir=None, # what `dl4smlm simulate` writes, or a fold
                       resume=None, # a checkpoint to continue from (its model, loss and settings are used)
                       overwrite:bool=False, # replace an existing `out` when not resuming
                       pixel_nm:float|None=None, # camera pixel size (default: simulation.json, else 100 nm)
-                      patch_size:int=26, min_emitters:int=7,
+                      ranges:dict|None=None, # simulation: {name: (low, high)}, parameters drawn anew for every patch (`data.RANGES`)
+                      normalization:str="photons", # 'photons' (calibrated input) or 'min-max' (Deep-STORM's)
+                      camera=None, # folder: the camera's calibration (`Camera` or dict); default: simulation.json's
+                      calibrate:bool=True, # after training, choose the detection threshold and measure the bias (`dl4smlm.calibrate`)
+                      patch_size:int=26,
+                      min_emitters:int|None=None, # emitters a training patch must hold; default 7 (Deep-STORM), 0 with a density range
                       patches_per_frame:int=16, # folder: patches per training frame and epoch
                       samples_per_epoch:int=1024, # simulation: patches per epoch
                       valid:float=0.3, test:float=0.1, # fractions of the frames held out (simulation: of samples_per_epoch, tested on whole frames)
@@ -641,20 +655,22 @@ def train_from_folder(data_dir=None, # what `dl4smlm simulate` writes, or a fold
     if resume is None and out.exists() and not overwrite:
         raise FileExistsError(f"{out}: already exists; pass overwrite=True (--overwrite) to replace it, or resume=PATH (--resume) to continue it")
     if not out.parent.is_dir(): raise FileNotFoundError(f"{out}: the folder {out.parent} does not exist")
+    if min_emitters is None: min_emitters = 0 if ranges and "density" in ranges else 7
     if data_dir is not None:
-        full = ImageDataset.from_folder(data_dir, pixel_nm=pixel_nm, upsampling=upsampling, patch_size=patch_size,
-                                        min_emitters=min_emitters, patches_per_frame=patches_per_frame, seed=seed)
+        if ranges: raise ValueError("ranges: parameter ranges are for training on simulated data (simulate_config), not on a folder")
+        full = ImageDataset.from_folder(data_dir, pixel_nm=pixel_nm, camera=camera, normalization=normalization, upsampling=upsampling,
+                                        patch_size=patch_size, min_emitters=min_emitters, patches_per_frame=patches_per_frame, seed=seed)
         train, valid_ds, test_ds = full.split(valid, test, seed)
     else:
         cfg = simulate_config if isinstance(simulate_config, SimulationConfig) else SimulationConfig.from_dict(dict(simulate_config))
-        sim = dict(upsampling=upsampling, patch_size=patch_size, min_emitters=min_emitters)
-        train = SimulatedDataset(cfg, samples_per_epoch, seed=seed, **sim)
+        sim = dict(upsampling=upsampling, patch_size=patch_size, min_emitters=min_emitters, ranges=ranges)
+        train = SimulatedDataset(cfg, samples_per_epoch, seed=seed, normalization=normalization, **sim)
         n_valid, n_test = (max(1, round(v * samples_per_epoch)) if v > 0 else 0 for v in (valid, test))
         valid_ds = SimulatedDataset(cfg, n_valid, seed=seed, fixed=True, normalizer=train.normalizer, **sim) if n_valid else None
         side = patch_size or min(cfg.height, cfg.width)
         n_frames = max(1, round(n_test * side ** 2 / (cfg.height * cfg.width)))   # as many pixels as n_test patches
         test_ds = SimulatedDataset(cfg, n_frames, upsampling=upsampling, patch_size=None, seed=seed + 1, fixed=True,
-                                   normalizer=train.normalizer) if n_test else None
+                                   normalizer=train.normalizer, ranges=ranges) if n_test else None
     settings = dict(epochs=epochs, device=device, num_workers=num_workers, progress=progress)
     if resume is not None: trainer = Trainer.resume(resume, train, valid_ds, out=out, **settings)
     else:
@@ -669,5 +685,27 @@ def train_from_folder(data_dir=None, # what `dl4smlm simulate` writes, or a fold
             metrics = evaluate(best, test_ds, device=trainer.device, loss=trainer.loss_fn)
             history.test = {k: float(metrics[k].mean()) for k in ("nmse", "nrmse", "psnr", "ssim")}
             trainer.save()
+        if calibrate and trainer.rank == 0: _calibrate_after_training(out, valid_ds if data_dir is not None else None, trainer.device)
     finally: trainer.close()
     return out, history
+
+def _calibrate_after_training(out, valid_ds, device):
+    "Calibrate the checkpoint `out` (on the validation frames of a folder, else on simulated stacks), warning loudly when it detects nothing."
+    from dl4smlm.calibrate import AnnotatedStack, calibrate_checkpoint
+    stacks = None
+    if valid_ds is not None:   # the validation frames of a folder, renumbered 1..n, and their localizations
+        idx = valid_ds.indices
+        frames = np.stack([valid_ds._frames.read(int(i)) for i in idx])
+        starts, x, y = valid_ds._points
+        gt = pd.DataFrame({"frame": np.concatenate([np.full(starts[i + 1] - starts[i], k + 1) for k, i in enumerate(idx)]).astype(np.int64),
+                           "x [nm]": np.concatenate([x[starts[i]:starts[i + 1]] for i in idx]) * valid_ds.pixel_nm,
+                           "y [nm]": np.concatenate([y[starts[i]:starts[i + 1]] for i in idx]) * valid_ds.pixel_nm})
+        stacks = [AnnotatedStack("validation frames", frames, gt, valid_ds.pixel_nm)]
+    try: cal = calibrate_checkpoint(out, stacks, device=device)
+    except ValueError as e:
+        warnings.warn(f"{out}: not calibrated ({e}); predict uses the default threshold")
+        return None
+    if cal["detections"] == 0 or cal["jaccard_pct"] < 1:
+        warnings.warn(f"{out}: the trained model detects {'nothing' if cal['detections'] == 0 else 'almost nothing'} on validation "
+                      f"(best Jaccard {cal['jaccard_pct']:.1f} %): train longer, check the data and its pixel size, or lower the learning rate")
+    return cal

@@ -16,7 +16,7 @@ def run(*args):
 def test_help_lists_commands():
     r = run("--help")
     assert r.returncode == 0
-    for cmd in ("demo", "simulate", "train", "predict", "evaluate"):
+    for cmd in ("demo", "simulate", "train", "predict", "evaluate", "models", "calibrate"):
         assert cmd in r.stdout
     for cmd in ("demo", "simulate", "train", "predict", "evaluate"):
         r = run(cmd, "--help")
@@ -122,9 +122,11 @@ def test_demo_writes_report(tmp_path):
     r = run("demo", "--out", tmp_path/"report", "--epochs", 1, "--samples-per-epoch", 16, "--test-frames", 3, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     report = tmp_path/"report"
-    assert sorted(p.name for p in report.iterdir()) == ["demo.png", "errors.png", "metrics.json", "model.pt", "prediction", "test_data", "training.png"]
-    assert (report/"demo.png").stat().st_size > 10_000
-    assert "jaccard_pct" in json.loads((report/"metrics.json").read_text())
+    assert sorted(p.name for p in report.iterdir()) == ["errors.png", "metrics.json", "model.pt", "prediction", "resolution.png", "test_data", "training.png"]
+    assert (report/"resolution.png").stat().st_size > 10_000
+    metrics = json.loads((report/"metrics.json").read_text())
+    assert all("jaccard_pct" in m for k, m in metrics.items() if k != "line_profile") and "trained fid-storm ×4" in metrics
+    assert metrics["line_profile"]["true_separation_nm"] == 150
     assert str(report.resolve()) in r.stdout
     r = run("demo", "--out", report, "--epochs", 1)
     assert r.returncode == 2 and "--overwrite" in r.stderr
