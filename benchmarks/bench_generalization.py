@@ -105,19 +105,22 @@ def ablations(exact_epochs, quick=False):
     r = PRETRAINED["fid-storm-x4-emccd"]
     common = dict(loss=r["loss"], batch_size=r["batch_size"], lr=r["lr"], samples_per_epoch=r["samples_per_epoch"], patch_size=r["patch_size"],
                   seed=r["seed"])
-    models = {"min–max fid-storm ×4": _train("minmax-fid-storm-x4", simulate_config=SimulationConfig(**r["simulation"], seed=r["seed"]),
-                                             model=r["model"], upsampling=r["upsampling"], epochs=2 if quick else r["epochs"],
+    epochs = 2 if quick else r["epochs"]
+    models = {"min–max fid-storm ×4": _train(f"minmax-fid-storm-x4-e{epochs}", simulate_config=SimulationConfig(**r["simulation"], seed=r["seed"]),
+                                             model=r["model"], upsampling=r["upsampling"], epochs=epochs,
                                              ranges=r["ranges"], normalization="min-max", **common)}
+    epochs = 2 if quick else exact_epochs
     for d in ((0.5,) if quick else (0.1, 0.5, 2.0, 6.0)):
         cfg = dataclasses.replace(BASE, height=32, width=32, density=d, seed=r["seed"])
-        models[f"exact {d:g}/µm² fid-storm ×8"] = _train(f"exact-{d:g}-fid-storm-x8", simulate_config=cfg, model="fid-storm", upsampling=8,
-                                                         epochs=2 if quick else exact_epochs, min_emitters=0, **common)
+        models[f"exact {d:g}/µm² fid-storm ×8"] = _train(f"exact-{d:g}-fid-storm-x8-e{epochs}", simulate_config=cfg, model="fid-storm",
+                                                         upsampling=8, epochs=epochs, min_emitters=0, **common)
     return models
 
 
 def table(df, value):
     "Conditions as rows, one column per model and threshold kind."
     t = df.pivot_table(index="condition", columns=["model", "threshold"], values=value, sort=False)
+    t.columns = [f"{m} ({k})" for m, k in t.columns]
     return t.round(1).to_markdown()
 
 

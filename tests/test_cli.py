@@ -136,3 +136,48 @@ def test_predict_with_flip_average(trained):
     r = run("predict", trained/"model.pt", trained/"data"/"frames.tif", "--out", out, "--device", "cpu", "--threshold", "0.5", "--flip-average")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["localizations.csv", "super_resolution.png", "super_resolution.tif"]
+
+def test_train_with_ranges_and_calibration(tmp_path):
+    r = run("train", "--simulate", "--size", "32", "--density", "0.5:4", "--photons", "1000:3000", "--model", "srcnn", "--upsampling", "2",
+            "--epochs", "1", "--samples-per-epoch", "16", "--batch-size", "8", "--patch-size", "16", "--device", "cpu", "--out", tmp_path/"m.pt")
+    assert r.returncode == 0, r.stderr
+    from dl4smlm.train import load_checkpoint
+    ck = load_checkpoint(tmp_path/"m.pt")
+    assert ck["data"]["ranges"] == {"density": [0.5, 4.0], "photons": [1000.0, 3000.0]}
+    assert ck["simulation"]["density"] == pytest.approx((0.5 * 4) ** 0.5) and ck["normalizer"]["frame_scaling"] == "photons"
+    assert "calibrated detection: threshold" in r.stdout and ck["calibration"] is not None
+
+@pytest.mark.parametrize("args, message", [(["--simulate", "--density", "4:1"], "LOW <= HIGH"), (["--simulate", "--photons", "a:b"], "LOW:HIGH"),
+                                           (["DATA", "--density", "0.1:6"], "--simulate")])
+def test_train_bad_ranges(tmp_path, args, message):
+    r = run("train", *[tmp_path if a == "DATA" else a for a in args], "--out", tmp_path/"m.pt")
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert not (tmp_path/"m.pt").exists()
+
+def test_calibrate_command(trained, tmp_path):
+    r = run("calibrate", trained/"model.pt", trained/"data", "--device", "cpu")
+    assert r.returncode == 2 and "--out" in r.stderr
+    before = (trained/"model.pt").read_bytes()
+    r = run("calibrate", trained/"model.pt", trained/"data", "--out", tmp_path/"cal.pt", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    from dl4smlm.train import load_checkpoint
+    assert load_checkpoint(tmp_path/"cal.pt")["calibration"]["stacks"] == [f"{trained/'data'} (6 frames)"]
+    assert (trained/"model.pt").read_bytes() == before                       # the input is not touched
+    r = run("calibrate", trained/"model.pt", trained/"data", "--out", tmp_path/"cal.pt", "--device", "cpu")
+    assert r.returncode == 2 and "--overwrite" in r.stderr
+    r = run("calibrate", "fid-storm-x4-emccd", trained/"data", "--in-place")
+    assert r.returncode == 2 and "--out" in r.stderr
+
+def test_predict_with_a_bundled_model_and_camera_options(trained, tmp_path):
+    out = tmp_path/"pred"
+    r = run("predict", "fid-storm-x4-emccd", trained/"data"/"frames.tif", "--out", out, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    n = len(pd.read_csv(out/"localizations.csv"))
+    truth = len(pd.read_csv(trained/"data"/"ground_truth.csv"))
+    assert 0.5 * truth < n < 1.5 * truth
+    r = run("predict", "fid-storm-x4-emccd", trained/"data"/"frames.tif", "--out", tmp_path/"p2", "--device", "cpu", "--camera", "scmos",
+            "--em-gain", "100")
+    assert r.returncode == 2 and "em_gain" in r.stderr                      # an sCMOS has no EM gain: said, not ignored
+    r = run("predict", "fid-storm-x4-emccd", trained/"data"/"frames.tif", "--out", tmp_path/"p3", "--device", "cpu", "--baseline", "400")
+    assert r.returncode == 0, r.stderr                                      # a wrong baseline: the frames look dark, fewer molecules
+    assert len(pd.read_csv(tmp_path/"p3"/"localizations.csv")) < n
