@@ -101,7 +101,7 @@ def _train(name, **kw):
     return out
 
 
-def ablations(exact_epochs, quick=False):
+def ablations(exact_epochs, quick=False, exact_densities=(0.1, 0.5, 2.0, 6.0)):
     r = PRETRAINED["fid-storm-x4-emccd"]
     common = dict(loss=r["loss"], batch_size=r["batch_size"], lr=r["lr"], samples_per_epoch=r["samples_per_epoch"], patch_size=r["patch_size"],
                   seed=r["seed"])
@@ -110,7 +110,7 @@ def ablations(exact_epochs, quick=False):
                                              model=r["model"], upsampling=r["upsampling"], epochs=epochs,
                                              ranges=r["ranges"], normalization="min-max", **common)}
     epochs = 2 if quick else exact_epochs
-    for d in ((0.5,) if quick else (0.1, 0.5, 2.0, 6.0)):
+    for d in ((0.5,) if quick else exact_densities):
         cfg = dataclasses.replace(BASE, height=32, width=32, density=d, seed=r["seed"])
         models[f"exact {d:g}/µm² fid-storm ×8"] = _train(f"exact-{d:g}-fid-storm-x8-e{epochs}", simulate_config=cfg, model="fid-storm",
                                                          upsampling=8, epochs=epochs, min_emitters=0, **common)
@@ -129,13 +129,14 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="fewer conditions and 2-epoch ablations: a smoke test")
     p.add_argument("--no-ablations", action="store_true", help="only the bundled models")
     p.add_argument("--exact-epochs", type=int, default=10)
+    p.add_argument("--exact-densities", type=float, nargs="+", default=[0.1, 0.5, 2.0, 6.0], help="densities of the exact-condition models")
     p.add_argument("--csv", default=None)
     a = p.parse_args(argv)
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
     tests = {name: (cfg, simulate(cfg)) for name, cfg in conditions(a.quick).items()}
     models = {n: n for n in bundled_models()}
-    if not a.no_ablations: models.update(ablations(a.exact_epochs, a.quick))
+    if not a.no_ablations: models.update(ablations(a.exact_epochs, a.quick, tuple(a.exact_densities)))
     start = time.perf_counter()
     df = evaluate(models, tests)
     print(f"evaluated {len(models)} models on {len(tests)} stacks in {(time.perf_counter() - start) / 60:.1f} min "
