@@ -140,7 +140,7 @@ def calibrate_checkpoint(path, # a checkpoint (or a bundled model's name)
             raise ValueError(f"{path}: no simulation stored with this model; give annotated stacks to calibrate on (dl4smlm calibrate CKPT DATA_DIR)")
         stacks = calibration_stacks(SimulationConfig.from_dict(ck["simulation"]), (ck.get("data") or {}).get("ranges"), frames=frames, seed=seed)
     model = load_model(path, device=device)
-    cal = choose(sweep(model, model.normalizer, stacks, default_thresholds(ck["target"]), device=device))
+    cal = calibrate(model, model.normalizer, stacks, default_thresholds(ck["target"]), device=device)
     cal["stacks"] = [f"{s.name} ({len(s.frames)} frames)" for s in stacks]
     ck["calibration"] = cal
     save_checkpoint(_checkpoint_path(path) if out is None else out, ck)
