@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from .data import ImageDataset, Normalizer, SimulatedDataset, find_training_data
 from .evaluate import assess, simulation_crlb
+from .fit import ClassicalFitter
 from .io import read_json
 from .localize import DEFAULT_THRESHOLD, _ideal_peak, predict
 from .models import SMLMModel, count_macs, count_parameters, get_model, list_models, optimize_for_inference
@@ -123,7 +124,7 @@ def _size(model, height, width):
     params = count_parameters(model)
     return params, (count_macs(model, height, width) if any(True for _ in model.parameters()) else 0)
 
-def score_model(model, # maps normalised (B, 1, H, W) frames to (B, 1, f·H, f·W) heat maps, e.g. from `load_model`
+def score_model(model, # maps normalised (B, 1, H, W) frames to (B, 1, f·H, f·W) heat maps, e.g. from `load_model`; or a `ClassicalFitter`
                 test_sets:dict, # {density: `Simulation`}, from `make_test_sets`
                 normalizer=None, # input transform; default `model.normalizer` (set by `load_model`)
                 *,
@@ -136,31 +137,33 @@ def score_model(model, # maps normalised (B, 1, H, W) frames to (B, 1, f·H, f·
                 bias_nm=None, # (dx, dy) subtracted; None: the calibrated bias (not with flip averaging), else none
                ) -> pd.DataFrame: # one row per density
     "Localize every test set with `model` and score it (SMLM Challenge 2016 metrics, CRLB, grid floor, size, time per frame)."
+    fitter = isinstance(model, ClassicalFitter)                             # fits raw frames: no normaliser, heat map or grid
     normalizer = normalizer if normalizer is not None else getattr(model, "normalizer", None)
-    if normalizer is None: raise ValueError("normalizer: expected the model's input transform (a `Normalizer`); the model has no `.normalizer`")
+    if normalizer is None and not fitter: raise ValueError("normalizer: expected the model's input transform (a `Normalizer`); the model has no `.normalizer`")
     if not test_sets: raise ValueError("test_sets: expected {density: Simulation}, got nothing")
     device = resolve_device(device)
     label = label or getattr(model, "name", type(model).__name__)
     first = next(iter(test_sets.values()))
-    params, macs = _size(model, first.config.height, first.config.width)
+    params, macs = (0, 0) if fitter else _size(model, first.config.height, first.config.width)
     cal = getattr(model, "calibration", None) or {}
     threshold = cal.get("threshold", DEFAULT_THRESHOLD) if threshold is None else threshold
     radius = cal.get("radius", 1) if radius is None else radius
     bias_nm = (None if flip_average else cal.get("bias_nm")) if bias_nm is None else bias_nm
-    run = lambda frames: predict(model, frames, normalizer, pixel_nm=first.config.pixel_nm, threshold=threshold, radius=radius,
+    run = lambda frames, camera: model.localize(frames, camera, first.config.pixel_nm, device) if fitter else predict(model, frames, normalizer, pixel_nm=first.config.pixel_nm, threshold=threshold, radius=radius,
                                  bias_nm=bias_nm, device=device, batch_size=batch_size, flip_average=flip_average, progress=False)
-    run(first.frames[:1])                                                    # warm-up: allocations, kernel choice
+    if not fitter: run(first.frames[:1], first.camera)                      # warm-up: allocations, kernel choice
     rows = []
     for density, sim in test_sets.items():
         cfg = sim.config
         start = time.perf_counter()
-        pred = run(sim.frames)
+        pred = run(sim.frames, sim.camera)
         seconds = time.perf_counter() - start
         field = (cfg.width * cfg.pixel_nm, cfg.height * cfg.pixel_nm)
-        m = assess(sim.ground_truth, pred.localizations, field, crlb_nm=simulation_crlb(sim.ground_truth, cfg))
-        grid = grid_floor_nm(cfg.pixel_nm, pred.upsampling)
+        locs, f = (pred, None) if fitter else (pred.localizations, pred.upsampling)
+        m = assess(sim.ground_truth, locs, field, crlb_nm=simulation_crlb(sim.ground_truth, cfg))
+        grid = 0.0 if fitter else grid_floor_nm(cfg.pixel_nm, f)           # a fit's positions are continuous
         floor = math.hypot(m["crlb_nm"], grid) if m["crlb_nm"] is not None else None
-        rows.append({"model": label, "density": float(density), "upsampling": pred.upsampling, "frames": pred.n_frames,
+        rows.append({"model": label, "density": float(density), "upsampling": f, "frames": len(sim.frames),
                      "n_ground_truth": m["n_ground_truth"], "tp": m["tp"], "fp": m["fp"], "fn": m["fn"],
                      "precision_pct": m["precision_pct"], "recall_pct": m["recall_pct"], "jaccard_pct": m["jaccard_pct"],
                      "rmse_nm": m["rmse_nm"], "efficiency_pct": m["efficiency_pct"],
@@ -168,7 +171,7 @@ def score_model(model, # maps normalised (B, 1, H, W) frames to (B, 1, f·H, f·
                      "crlb_nm": m["crlb_nm"], "grid_nm": grid, "floor_nm": floor,
                      "rmse_over_floor": m["rmse_nm"] / floor if m["rmse_nm"] is not None and floor else None,
                      "parameters": params, "gmacs_per_frame": macs / 1e9,
-                     "ms_per_frame": 1000 * seconds / pred.n_frames, "device": str(device), "flip_average": flip_average})
+                     "ms_per_frame": 1000 * seconds / len(sim.frames), "device": str(device), "flip_average": flip_average})
     table = pd.DataFrame(rows)
     undefined = ["precision_pct", "recall_pct", "jaccard_pct", "rmse_nm", "efficiency_pct", "mean_dx_nm", "mean_dy_nm",
                  "crlb_nm", "floor_nm", "rmse_over_floor"]
@@ -208,18 +211,20 @@ class OracleModel(nn.Module):
 # %% ../nbs/07a_compare.ipynb #48cbb429
 def _entries(models) -> list:
     "(label, entry) pairs from a list of names / checkpoint paths / modules, or a dict {label: entry}."
-    if isinstance(models, (str, Path, nn.Module)): models = [models]
+    if isinstance(models, (str, Path, nn.Module, ClassicalFitter)): models = [models]
     pairs = list(models.items()) if isinstance(models, dict) else [(None, m) for m in models]
     if not pairs: raise ValueError("models: expected one or more model names, checkpoint paths or modules, got none")
     names = {n.replace("-", ""): n for n in list_models()}
     out = []
     for label, m in pairs:
         if isinstance(m, nn.Module): out.append((label or getattr(m, "name", type(m).__name__), m))
+        elif isinstance(m, ClassicalFitter): out.append((label or m.label, m))
+        elif isinstance(m, str) and m.strip().lower() == ClassicalFitter.name: out.append((label or ClassicalFitter.label, ClassicalFitter()))
         elif isinstance(m, str) and m.strip().lower().replace("_", "").replace("-", "").replace(" ", "") in names:
             out.append((label or names[m.strip().lower().replace("_", "").replace("-", "").replace(" ", "")], m))
         elif isinstance(m, (str, Path)) and Path(m).is_file(): out.append((label or Path(m).stem, Path(m)))
         elif isinstance(m, str) and bundled_path(m) is not None: out.append((label or m, bundled_path(m)))
-        else: raise ValueError(f"models: {m!r} is neither a model name {list_models()}, nor an existing checkpoint file, nor a bundled model "
+        else: raise ValueError(f"models: {m!r} is neither a model name {list_models()} or 'mle' (the MLE fitter), nor an existing checkpoint file, nor a bundled model "
                                f"{bundled_models()}, nor a torch module")
     labels = [l for l, _ in out]
     if len(set(labels)) != len(labels): raise ValueError(f"models: labels must be unique, got {labels}; pass a dict {{label: model}}")
@@ -251,7 +256,7 @@ def _training_data(data, config, train_densities, samples, valid_samples, upsamp
     if int(data.upsampling) != upsampling: raise ValueError(f"data: has upsampling {data.upsampling}, but upsampling={upsampling} was asked for")
     return data, None
 
-def compare_models(models=("deep-storm", "fid-storm"), # model names (trained here), checkpoint paths or trained modules; a dict {label: ...} names the rows
+def compare_models(models=("deep-storm", "fid-storm"), # model names (trained here), "mle" (the MLE fitter), checkpoint paths or trained modules; a dict {label: ...} names the rows
                    config:SimulationConfig|None=None, # imaging conditions of the test (and simulated training) data; default `SimulationConfig()`
                    *,
                    densities=DENSITIES, # test densities, emitters per µm²
@@ -287,7 +292,8 @@ def compare_models(models=("deep-storm", "fid-storm"), # model names (trained he
         tables = []
         for label, entry in entries:
             train_s = math.nan
-            if isinstance(entry, nn.Module):
+            if isinstance(entry, ClassicalFitter): model, thr = entry, None    # fits raw frames; its own threshold
+            elif isinstance(entry, nn.Module):
                 model, thr = entry, DEFAULT_THRESHOLD if threshold is None else threshold
             elif isinstance(entry, Path):
                 ck = load_checkpoint(entry)
@@ -309,7 +315,7 @@ def compare_models(models=("deep-storm", "fid-storm"), # model names (trained he
             fast = optimize_for_inference(model) if isinstance(model, SMLMModel) else model   # BatchNorm folded: what one deploys
             table = score_model(fast, test_sets, getattr(model, "normalizer", None), threshold=thr, device=device, label=label,
                                 flip_average=flip_average)
-            table["parameters"] = count_parameters(model)                     # of the architecture, before folding
+            table["parameters"] = count_parameters(model) if isinstance(model, nn.Module) else 0   # of the architecture, before folding
             table["train_s"] = train_s
             tables.append(table)
     return pd.concat(tables, ignore_index=True)

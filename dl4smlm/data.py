@@ -23,7 +23,7 @@ import torch
 from scipy.ndimage import maximum_filter
 from torch.utils.data import Dataset
 
-from .io import read_json, read_localizations, read_stack
+from .io import read_json, read_localizations, read_pixel_nm, read_stack
 from .simulate import Camera, SimulationConfig, make_camera, render_heatmap, render_spikes, simulate
 
 # %% ../nbs/04_data.ipynb #a837f166
@@ -358,18 +358,20 @@ class ImageDataset(Dataset):
 
     @classmethod
     def from_folder(cls, data_dir, # what `dl4smlm simulate` writes, or any folder with one TIFF stack and one localization CSV
-                    pixel_nm:float|None=None, # default: from simulation.json, else 100 nm (with a warning)
+                    pixel_nm:float|None=None, # default: the stack's TIFF calibration, else simulation.json, else 100 nm (with a warning)
                     camera=None, # the camera (a `Camera` or its dict); default: from simulation.json, else none (min–max input, with a warning)
                     normalization:str="photons", # 'photons' (needs a camera) or 'min-max' (Deep-STORM's)
                     **kwargs): # passed to `ImageDataset`
         "The dataset of a folder; `metadata['simulation']` holds the simulation parameters when the folder has them."
         found = find_training_data(data_dir)
         sim = read_json(found["simulation"]).get("config") if found["simulation"] else None
+        if pixel_nm is None: pixel_nm = read_pixel_nm(found["frames"])
         if pixel_nm is None:
             if sim and "pixel_nm" in sim: pixel_nm = sim["pixel_nm"]
             else:
                 pixel_nm = 100.0
-                warnings.warn(f"{data_dir}: pixel size unknown (no simulation.json); assuming 100 nm per camera pixel, pass pixel_nm to change it")
+                warnings.warn(f"{data_dir}: pixel size unknown (neither the TIFF nor a simulation.json states it); assuming 100 nm "
+                              "per camera pixel: give it with --pixel-nm (pixel_nm in Python)")
         if normalization not in NORMALIZATIONS: raise ValueError(f"normalization: expected one of {NORMALIZATIONS}, got {normalization!r}")
         if normalization == "min-max": camera = None
         elif camera is None:

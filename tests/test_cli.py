@@ -16,7 +16,7 @@ def run(*args):
 def test_help_lists_commands():
     r = run("--help")
     assert r.returncode == 0
-    for cmd in ("demo", "simulate", "train", "predict", "evaluate", "models", "calibrate"):
+    for cmd in ("demo", "simulate", "train", "predict", "evaluate", "models", "calibrate", "fit", "estimate", "convert", "export"):
         assert cmd in r.stdout
     for cmd in ("demo", "simulate", "train", "predict", "evaluate"):
         r = run(cmd, "--help")

@@ -394,7 +394,7 @@ def test_read_localizations_decode_header_units(tmp_path):
     assert df[["x [nm]", "y [nm]"]].values.tolist() == [[1.5, 2.0]]
     (tmp_path / "px.csv").write_text(header % ("px", "[100.0, 110.0]") + body)
     df = read_localizations(tmp_path / "px.csv")
-    assert df[["x [nm]", "y [nm]"]].values.tolist() == [[150.0, 220.0]]
+    assert df[["x [nm]", "y [nm]"]].values.tolist() == [[200.0, 275.0]]   # DECODE: pixel centres at integer px
     (tmp_path / "px1.csv").write_text(header % ("px", "null") + body)
     with pytest.raises(ValueError, match=r"px1\.csv: the DECODE header gives x/y in px, but px_size is None"):
         read_localizations(tmp_path / "px1.csv")
@@ -402,7 +402,7 @@ def test_read_localizations_decode_header_units(tmp_path):
     with pytest.raises(ValueError, match=r"px_size is \[100, 100, 100\]; expected one or two pixel sizes in nm"):
         read_localizations(tmp_path / "px3.csv")
     (tmp_path / "px0.csv").write_text(header % ("px", "100") + body)
-    assert read_localizations(tmp_path / "px0.csv")[["x [nm]", "y [nm]"]].values.tolist() == [[150.0, 200.0]]
+    assert read_localizations(tmp_path / "px0.csv")[["x [nm]", "y [nm]"]].values.tolist() == [[200.0, 250.0]]
 
 
 def test_read_localizations_other_separators_and_bom(tmp_path):

@@ -252,8 +252,14 @@ def test_predict_checkpoint_uses_the_checkpoint_settings(checkpoint, monkeypatch
     assert_close(pred.super_resolution, ref.super_resolution, eps=1e-4 * np.abs(ref.super_resolution).max())   # batch norm folded
     seen = {}
     monkeypatch.setattr(loc, "predict", lambda *a, **kw: seen.update(kw))
-    loc.predict_checkpoint(path, sim.frames, pixel_nm=100.0)
+    with pytest.raises(ValueError, match="trained on 110 nm pixels"):                # 9 % apart: refused before any compute
+        loc.predict_checkpoint(path, sim.frames, pixel_nm=100.0)
+    assert_eq(seen, {})
+    with pytest.warns(UserWarning, match="forced"):
+        loc.predict_checkpoint(path, sim.frames, pixel_nm=100.0, force_pixel_size=True)
     assert_eq((seen["threshold"], seen["pixel_nm"]), (loc.DEFAULT_THRESHOLD, 100.0))
+    loc.predict_checkpoint(path, sim.frames, pixel_nm=113.0)                        # within 5 %: the stack's own size is used
+    assert_eq(seen["pixel_nm"], 113.0)
     monkeypatch.setattr(loc, "load_checkpoint", lambda p: {"target": {"kind": "spikes"}, "pixel_nm": None})
     loc.predict_checkpoint(path, sim.frames)
     assert_close(seen["threshold"], loc.DEFAULT_THRESHOLD / 15.9241, eps=1e-4)    # scaled to a spike's peak of 1
