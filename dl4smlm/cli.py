@@ -7,6 +7,7 @@ __all__ = ['DEFAULT_DENSITY_RANGE', 'FIT_FILES', 'simulate_to_folder', 'main']
 
 # %% ../nbs/90_cli.ipynb #40ac788d
 import argparse, dataclasses, importlib.util, json, sys, warnings
+import tifffile
 from pathlib import Path
 
 from . import __version__
@@ -17,8 +18,9 @@ from .models import list_models
 from .calibrate import AnnotatedStack, calibrate_checkpoint
 from .data import NORMALIZATIONS, find_training_data
 from .pretrained import bundled_models, describe
-from .train import LOSSES, TrainingInterrupted, load_checkpoint, train_from_folder
-from .localize import PREDICT_FILES, _save_rendering, predict_to_folder, render_gaussian, stack_camera, stack_pixel_nm
+from .train import LOSSES, CheckpointError, TrainingInterrupted, load_checkpoint, train_from_folder
+from .localize import render_gaussian
+from .predict import PREDICT_FILES, _save_rendering, predict_to_folder, stack_camera, stack_pixel_nm
 from .fit import SIGMA_GUESS_NM, fit_frames
 from .estimate import estimate_camera, estimate_simulation, read_simulation_config, write_estimate
 from .evaluate import assess, metrics_table, simulation_crlb
@@ -128,11 +130,14 @@ def simulate_to_folder(out_dir, config:SimulationConfig, overwrite=False):
 
 # %% ../nbs/90_cli.ipynb #e9e8f975
 def _train(args):
-    "Run `dl4smlm train` with parsed options."
-    if args.config is not None: args.simulate = True      # a simulation to train on: what `dl4smlm estimate` wrote
-    if (args.data_dir is None) == (not args.simulate):
+    "Run `dl4smlm train` with parsed options; an option not given (None) takes its default, or with --resume the run's own value."
+    ck = load_checkpoint(args.resume) if args.resume else None
+    on_frames = ck is not None and "frames" not in (ck.get("data") or {})   # the run being resumed trained on simulated frames
+    if args.config is not None or (on_frames and args.data_dir is None): args.simulate = True   # what `dl4smlm estimate` wrote, or the run's
+    if (args.data_dir is None) == (not args.simulate) and not (ck is not None and args.data_dir is None):
         raise ValueError("give either DATA_DIR or --simulate (train on fresh simulated frames), not both or neither")
     base, base_ranges = read_simulation_config(args.config) if args.config else (None, None)
+    if on_frames and base is None: base, base_ranges = SimulationConfig.from_dict(ck["simulation"]), ck["data"].get("ranges") or {}
     _, ranges = _split_ranges(args, base, base_ranges)
     if args.density is None and not args.simulate: ranges.pop("density")   # the default range is for simulated training only
     if ranges and not args.simulate:
@@ -142,18 +147,19 @@ def _train(args):
     config = None
     if args.simulate:
         config = _config_from_args(args, base, base_ranges)
-        if args.size is None and base is not None:   # training simulates one frame per patch: 64 px frames are enough and fast
+        if args.size is None and args.config is not None:   # training simulates one frame per patch: 64 px frames are enough and fast
             config = dataclasses.replace(config, height=min(config.height, 64), width=min(config.width, 64))
     try:
         out, history = train_from_folder(
             args.data_dir, out=args.out, model=args.model, upsampling=args.upsampling, loss=args.loss, lmbda=args.lmbda,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
-            simulate_config=config, ranges=ranges or None, resume=args.resume, pixel_nm=None if args.simulate else args.pixel_nm,
+            simulate_config=config, ranges=ranges if args.simulate else None, resume=args.resume, pixel_nm=None if args.simulate else args.pixel_nm,
             overwrite=args.overwrite, normalization=args.normalization, camera=camera, min_emitters=args.min_emitters,
             samples_per_epoch=args.samples_per_epoch, patch_size=args.patch_size, num_workers=args.workers,
-            seed=args.seed if args.seed is not None else config.seed if config else _DEFAULTS["seed"])
+            seed=args.seed if args.seed is not None or ck is not None else config.seed if config else None)
     except TrainingInterrupted as e:
-        print(f"\ninterrupted: a resumable checkpoint is in {e.checkpoint}; continue with --resume {e.checkpoint}", file=sys.stderr)
+        print(f"\ninterrupted: a resumable checkpoint is in {e.checkpoint}; continue with: dl4smlm train --resume {e.checkpoint}",
+              file=sys.stderr)
         return 130
     best = history.best_epoch
     print(f"wrote {out}" + (f" (best epoch {best}: loss {history.valid_loss[history.epoch.index(best)]:.4g})" if best else "")
@@ -204,7 +210,8 @@ def _field_and_crlb(gt_path, gt, field_nm):
     if field_nm is None:
         if config is None: raise ValueError(f"--field-nm: required, since {folder/'simulation.json'} does not exist")
         field_nm = (config.width*config.pixel_nm, config.height*config.pixel_nm)
-    return field_nm, (simulation_crlb(gt, config) if config is not None else None)
+    has_photons = {"intensity [photon]", "sigma [nm]"} <= set(gt.columns)   # the CRLB needs each molecule's photons and width
+    return field_nm, (simulation_crlb(gt, config) if config is not None and has_photons else None)
 
 def _field(text):
     "An argparse type: 'WIDTH,HEIGHT' in nm."
@@ -221,6 +228,7 @@ def _pixel_beside(path):
 def _evaluate(args):
     "Run `dl4smlm evaluate` with parsed options."
     gt, locs = (read_table(path, pixel_nm=args.pixel_nm or _pixel_beside(path)) for path in (args.ground_truth, args.localizations))
+    if gt.empty: raise ValueError(f"{args.ground_truth}: holds no localizations (only a header); expected the ground truth's rows")
     field, bound = _field_and_crlb(args.ground_truth, gt, args.field_nm)
     metrics = assess(gt, locs, field, tolerance_nm=args.tolerance_nm, border_nm=args.border_nm, method=args.method, crlb_nm=bound)
     print(metrics_table(metrics) if args.table else json.dumps(metrics, indent=2))
@@ -302,6 +310,7 @@ def _estimate(args):
 def _parser():
     p = argparse.ArgumentParser(prog="dl4smlm", description="Deep learning for single-molecule localization microscopy.")
     p.add_argument("--version", action="version", version=f"dl4smlm {__version__}")
+    p.add_argument("--debug", action="store_true", help="on an error, show the full Python traceback instead of one line")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("demo", help="the main job: train, predict and evaluate on simulated data, write a report",
@@ -329,25 +338,25 @@ def _parser():
     t = sub.add_parser("train", help="train a model on a data folder or on fresh simulated frames",
                        description="Train a model and write a checkpoint (best-validation weights, resumable state).")
     t.add_argument("data_dir", metavar="DATA_DIR", nargs="?", help="what `dl4smlm simulate` writes, or a folder with one TIFF stack and one localization CSV")
-    t.add_argument("--model", default="deep-storm", choices=list_models(), help="model (default %(default)s)")
-    t.add_argument("--upsampling", type=_positive(int), default=8, help="upsampling factor f (default %(default)s)")
-    t.add_argument("--loss", default="l1l2", choices=list(LOSSES), help="loss (default %(default)s)")
+    t.add_argument("--model", choices=list_models(), help="model (default deep-storm)")
+    t.add_argument("--upsampling", type=_positive(int), help="upsampling factor f (default 8)")
+    t.add_argument("--loss", choices=list(LOSSES), help="loss (default l1l2)")
     t.add_argument("--lmbda", type=_positive(float), default=None, help="the loss's λ: lower → sparser output (default: the loss's, 1)")
-    t.add_argument("--epochs", type=_positive(int), default=50, help="epochs (default %(default)s)")
-    t.add_argument("--batch-size", type=_positive(int), default=16, help="batch size (default %(default)s)")
-    t.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam's learning rate (default %(default)s)")
-    t.add_argument("--patch-size", type=_positive(int), default=26, help="training patch side in camera pixels (default %(default)s)")
-    t.add_argument("--samples-per-epoch", type=_positive(int), default=1024, help="with --simulate: patches per epoch (default %(default)s)")
+    t.add_argument("--epochs", type=_positive(int), help="epochs (default 50)")
+    t.add_argument("--batch-size", type=_positive(int), help="batch size (default 16)")
+    t.add_argument("--lr", type=_positive(float), help="Adam's learning rate (default 0.001)")
+    t.add_argument("--patch-size", type=_positive(int), help="training patch side in camera pixels (default 26)")
+    t.add_argument("--samples-per-epoch", type=_positive(int), help="with --simulate: patches per epoch (default 1024)")
     t.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default %(default)s)")
     t.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps (default %(default)s)")
-    t.add_argument("--out", default="model.pt", help="checkpoint to write (default %(default)s)")
-    t.add_argument("--resume", metavar="CKPT", help="continue an interrupted training from its checkpoint")
+    t.add_argument("--out", help="checkpoint to write (default model.pt; with --resume: CKPT itself)")
+    t.add_argument("--resume", metavar="CKPT", help="continue the run of CKPT: its data and settings (options given must agree), written back to CKPT")
     t.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint")
     t.add_argument("--simulate", action="store_true", help="train on fresh simulated frames made with the options below")
     t.add_argument("--config", metavar="SIM.json", default=None,
                    help="with --simulate (implied): the simulation to train on, from `dl4smlm estimate` or a simulation.json; options given here override it")
-    t.add_argument("--normalization", choices=NORMALIZATIONS, default="photons",
-                   help="network input: frames in photons scaled by fixed numbers, or each frame scaled by its min and max (Deep-STORM) (default %(default)s)")
+    t.add_argument("--normalization", choices=NORMALIZATIONS,
+                   help="network input: frames in photons scaled by fixed numbers, or each frame scaled by its min and max (Deep-STORM) (default photons)")
     t.add_argument("--min-emitters", type=int, default=None, help="emitters a training patch must hold (default: 7, or 0 with a density range)")
     _add_simulation_options(t, ranges=True)
     _add_camera_options(t)
@@ -363,9 +372,10 @@ def _parser():
     r.add_argument("--force-pixel-size", action="store_true", help="localize although the stack's pixels differ from the model's by more than 5 %%")
     r.add_argument("--camera", choices=["emccd", "scmos", "ideal"], default=None, help="camera that recorded the stack (default: simulation.json beside it, else the model's)")
     _add_camera_options(r)
-    r.add_argument("--batch-size", type=_positive(int), default=8, help="tiles per forward pass (default %(default)s)")
+    r.add_argument("--batch-size", type=_positive(int), default=None, help="tiles per forward pass (default: as many as fit in 2 M fine pixels)")
     r.add_argument("--flip-average", action="store_true", help="average the network's outputs over the four flips of each frame: cancels learned shifts, 4× the time")
     r.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
+    r.add_argument("--resume", action="store_true", help="continue a killed run into DIR (it loses at most its last batch)")
 
     m = sub.add_parser("models", help="list the bundled pretrained models", description="One bundled model per line: its name, then what it was trained for.")
 
@@ -435,6 +445,8 @@ def _parser():
     v.add_argument("--to", dest="dst_format", choices=FORMATS, default=None, help="OUT's format (default: from its extension)")
     v.add_argument("--pixel-nm", type=_positive(float), default=None, help="camera pixel size, when a table in pixels is read or written and no file states it")
     v.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    for q in sub.choices.values():   # --debug after the command too; SUPPRESS: not given there, the global one stands
+        q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 def _run(args):
@@ -451,8 +463,8 @@ def _run(args):
         check_free(args.out, PREDICT_FILES, args.overwrite)
         pred = predict_to_folder(args.checkpoint, args.frames, args.out, device=args.device, threshold=args.threshold, batch_size=args.batch_size,
                                  camera=_predict_camera(args), pixel_nm=args.pixel_nm, force_pixel_size=args.force_pixel_size,
-                                 flip_average=args.flip_average)
-        print(f"wrote {len(pred.localizations)} localizations from {pred.n_frames} frames to {args.out}")
+                                 flip_average=args.flip_average, resume=args.resume, load=False)
+        if pred is not None: print(f"wrote {pred.n_localizations} localizations from {pred.n_frames} frames to {args.out}")   # None: torchrun rank > 0
     elif args.command == "evaluate": return _evaluate(args)
     elif args.command == "models": return _models(args)
     elif args.command == "calibrate": return _calibrate(args)
@@ -465,8 +477,35 @@ def _run(args):
         print(f"wrote {out}")
     return 0
 
+_EXTRAS = {"onnx": "export", "onnxscript": "export", "onnxruntime": "export", "bioimageio": "export", "ruyaml": "export", "ipywidgets": "lab"}
+_OOM = "out of memory: lower --batch-size, or give smaller frames (crop the stack) or fewer of them"
+_ERRORS = (   # (exception, exit status, the fix added when dl4smlm did not raise it itself); the first that matches is used
+    (TrainingInterrupted, 130, None), (MemoryError, 2, _OOM), (ImportError, 2, None), (CheckpointError, 2, None),
+    (KeyboardInterrupt, 130, "interrupted: each output file is written whole or not at all, none was left half-written; run the command again"),
+    (FloatingPointError, 2, "the numbers diverged (NaN or infinite): lower --lr, or check the input for extreme values"),
+    (tifffile.TiffFileError, 2, "not a readable TIFF file (truncated or damaged?): copy or export it again"),
+    (PermissionError, 2, "choose a file or folder you may write to (--out), or change its permissions"),
+    (IsADirectoryError, 2, "it is a folder: give a file name"), (NotADirectoryError, 2, "a part of this path is a file, not a folder"),
+    (FileExistsError, 2, "choose another name, or pass --overwrite"), (FileNotFoundError, 2, "check the path"),
+    (OSError, 2, "free space on the disk (or reconnect it), or write elsewhere (--out)"), (ValueError, 2, None), (RuntimeError, 2, None))
+
+def _error_line(e) -> tuple:
+    "(exit status, one line naming the input and the fix) for an exception a command met; status 1 for an unexpected one, a bug."
+    text, tb = next((line.strip() for line in str(e).splitlines() if line.strip()), ""), e.__traceback__
+    if isinstance(e, RuntimeError) and "out of memory" in text: return 2, f"{text}; {_OOM}"   # torch: CUDA/MPS out of memory
+    status, fix = next(((s, f) for kind, s, f in _ERRORS if isinstance(e, kind)), (1, None))
+    if isinstance(e, TrainingInterrupted): return status, (f"interrupted: a resumable checkpoint is in {e.checkpoint}; continue with: "
+                                                           f"dl4smlm train --resume {e.checkpoint}" if e.checkpoint else "interrupted before a checkpoint was written")
+    if isinstance(e, ImportError) and _EXTRAS.get((e.name or "").split(".")[0]):
+        return status, f"{e.name} is not installed: pip install 'dl4smlm[{_EXTRAS[e.name.split('.')[0]]}]'"
+    if isinstance(e, OSError) and e.errno is not None: return status, f"{e.filename or 'a file'}: {e.strerror}; {fix}"   # from the system
+    if status == 1: return 1, f"internal error ({type(e).__name__}: {text}); this is a bug: run again with --debug and report the traceback"
+    while tb is not None and tb.tb_next is not None: tb = tb.tb_next
+    ours = tb is not None and Path(tb.tb_frame.f_code.co_filename).parent == Path(sys.modules["dl4smlm"].__file__).parent   # it says the fix
+    return status, f"{text}; {fix}" if text and fix and not ours else text or fix
+
 def main(argv=None):
-    "Entry point of the `dl4smlm` command; returns the exit status."
+    "Entry point of the `dl4smlm` command; returns the exit status. An error is one line on stderr (`--debug`: the traceback)."
     p = _parser()
     args = p.parse_args(argv)
     def one_line(message, category, filename, lineno, file=None, line=None):   # a warning is one line naming the command, no source
@@ -474,5 +513,7 @@ def main(argv=None):
     with warnings.catch_warnings():
         warnings.showwarning = one_line
         try: return _run(args)
-        except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
-            p.exit(2, f"dl4smlm {args.command}: error: {e}\n")
+        except (Exception, KeyboardInterrupt) as e:
+            if args.debug: raise
+            status, line = _error_line(e)
+            p.exit(status, f"{chr(10) * (status == 130)}dl4smlm {args.command}: error: {line}\n")

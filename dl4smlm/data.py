@@ -23,7 +23,7 @@ import torch
 from scipy.ndimage import maximum_filter
 from torch.utils.data import Dataset
 
-from .io import read_json, read_localizations, read_pixel_nm, read_stack
+from .io import _check_points, read_json, read_localizations, read_pixel_nm, read_stack
 from .simulate import Camera, SimulationConfig, make_camera, render_heatmap, render_spikes, simulate
 
 # %% ../nbs/04_data.ipynb #a837f166
@@ -323,6 +323,7 @@ class ImageDataset(Dataset):
             label = "localizations" if isinstance(localizations, pd.DataFrame) else str(localizations)
             missing = [c for c in ("frame", "x [nm]", "y [nm]") if c not in table]
             if missing: raise ValueError(f"{label}: missing columns {missing}; expected 'frame' (from 1), 'x [nm]', 'y [nm]'")
+            _check_points(table, label)   # a DataFrame gets the CSV reader's checks too
             fr, x, y = _points_px(table, self.pixel_nm)
             if len(fr) and (fr.min() < 0 or fr.max() >= n):
                 raise ValueError(f"{label}: frame numbers run from {fr.min() + 1} to {fr.max() + 1}, but {self._frames.label} "

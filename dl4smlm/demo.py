@@ -13,7 +13,7 @@ from .simulate import SimulationConfig, make_structure, simulate
 from .io import atomic_write, check_free, save_simulation, write_json
 from .pretrained import bundled_models
 from .train import load_checkpoint, train_from_folder
-from .localize import predict_checkpoint, predict_to_folder
+from .predict import predict_checkpoint, predict_to_folder
 from .evaluate import assess, metrics_table, simulation_crlb
 from .visualize import plot_localization_errors, plot_resolution, plot_training
 

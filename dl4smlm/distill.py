@@ -398,5 +398,6 @@ def save_student(result:DistillResult, # what `hint_training` or `knowledge_tran
     trainer = Trainer(student, "l1l2", train_data, out=path, model_kwargs=model_kwargs, epochs=1, device="cpu", progress=False)
     try:
         if result.histories: trainer.history = copy.deepcopy(list(result.histories.values())[-1])
+        trainer.epoch = max(1, len(trainer.history.epoch))   # a trained student: its epochs finished (load_model refuses unfinished runs)
         return trainer.save(resume=False)
     finally: trainer.close()

@@ -16,6 +16,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from .io import _check_points
 from .simulate import background_map, crlb
 from .train import image_metrics
 
@@ -26,6 +27,7 @@ def _columns(table, label):
     if missing:
         raise ValueError(f"{label}: expected columns 'frame', 'x [nm]', 'y [nm]', missing {missing}; "
                          f"found {list(table.columns)}")
+    _check_points(table, label)   # what the CSV reader refuses: frames from 0 or fractional, missing or infinite positions
     return (table["x [nm]"].to_numpy(np.float64), table["y [nm]"].to_numpy(np.float64),
             table["frame"].to_numpy(np.int64))
 
@@ -153,6 +155,7 @@ def assess(ground_truth, # table with "frame", "x [nm]", "y [nm]" (ThunderSTORM 
            method="greedy", # "greedy" (the challenge's) or "hungarian"
            crlb_nm=None): # per-axis CRLB of each ground-truth row (number, array, or a column name); adds the bound
     "The SMLM Challenge 2016 metrics as a JSON-serialisable dict (undefined values are None)."
+    for table, name in ((ground_truth, "ground_truth"), (localizations, "localizations")): _columns(table, name)   # errors name the table
     gt = ground_truth.reset_index(drop=True)
     inside_gt = exclude_border(gt, field_nm, border_nm)
     inside = exclude_border(localizations.reset_index(drop=True), field_nm, border_nm)

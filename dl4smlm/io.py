@@ -15,8 +15,10 @@ import logging
 import os
 import secrets
 import stat
+import struct
 import warnings
 import weakref
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -193,16 +195,50 @@ def _check_finite(stack, path):
         raise ValueError(f"{path}: float stack contains {bad[1]} values (first in frame {bad[0]}, "
                          "counted from 0); expected finite pixel values")
 
+_DAMAGED = (tifffile.TiffFileError, struct.error, zlib.error, EOFError, IndexError, ValueError)   # what decoding a damaged TIFF raises
+
+def _damaged(path, detail):
+    "The error for a TIFF file cut short (an interrupted copy or acquisition) or corrupted."
+    return ValueError(f"{path}: truncated or damaged TIFF file ({detail}); copy it again, or export it again from the acquisition software")
+
+@contextlib.contextmanager
+def _tifffile_log():
+    "Collect the warnings tifffile logs while it parses a file (they say what is damaged) instead of printing them."
+    records, log = [], logging.getLogger("tifffile")
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda r: records.append(r.getMessage())
+    log.addHandler(handler)
+    propagate, log.propagate = log.propagate, False
+    try: yield records
+    finally: log.removeHandler(handler); log.propagate = propagate
+
 def _open_tiff(path):
     "Open a TIFF file, saying which file it was when it is not one."
-    try: return tifffile.TiffFile(path)
-    except tifffile.TiffFileError as e:
-        raise ValueError(f"{path}: not a TIFF file, expected a TIFF stack (tifffile: {e})") from e
+    try:
+        with _tifffile_log(): return tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, struct.error, EOFError) as e:
+        if "not a TIFF file" in str(e): raise ValueError(f"{path}: not a TIFF file, expected a TIFF stack (tifffile: {e})") from e
+        raise _damaged(path, f"tifffile: {e}") from e
+
+def _check_complete(tif, series, path, log):
+    "Raise when the file ends before the frames its header announces, or tifffile found its page chain broken."
+    announced = (tif.imagej_metadata or {}).get("images", 1) if tif.is_imagej else 1
+    found = int(np.prod(series.shape[:-2], dtype=np.int64))
+    if announced > found: raise _damaged(path, f"its ImageJ header announces {announced} frames, only {found} could be read")
+    size, end = path.stat().st_size, (series.dataoffset or 0) + series.nbytes
+    if series.dataoffset is not None and end > size:
+        raise _damaged(path, f"the file ends at byte {size:,}, its frames need {end:,} bytes")
+    broken = [m for m in log if "invalid page offset" in m or "corrupted" in m]
+    if broken: raise _damaged(path, f"tifffile: {broken[0]}")
 
 def _first_series(tif, path):
-    "The first image series of an open TIFF file."
-    if not tif.series: raise ValueError(f"{path}: the TIFF file contains no images, expected {_STACK}")
-    return tif.series[0]
+    "The first image series of an open TIFF file, checked to be complete."
+    with _tifffile_log() as log:
+        try: series = tif.series
+        except _DAMAGED as e: raise _damaged(path, f"tifffile: {e}") from e
+    if not series: raise ValueError(f"{path}: the TIFF file contains no images, expected {_STACK}")
+    _check_complete(tif, series[0], path, log)
+    return series[0]
 
 def _warn_extra_series(tif, path):
     "Warn (pointing at the caller of the public function) when series other than the first are ignored."
@@ -223,15 +259,28 @@ def read_stack(path, # TIFF file holding (frames, height, width) grey frames
         contiguous = series.dataoffset is not None
         lazy = mmap and not contiguous and len(series.shape) == 3 and len(series.pages) == shape[0]
         if not lazy: _warn_extra_series(tif, path)  # LazyTiffStack warns itself
-        if not (mmap and contiguous) and not lazy: stack = series.asarray().reshape(shape)
-    if mmap and contiguous: stack = tifffile.memmap(path, series=0, mode="r").reshape(shape)
+        if not (mmap and contiguous) and not lazy:
+            try: stack = series.asarray().reshape(shape)
+            except _DAMAGED as e: raise _damaged(path, f"{type(e).__name__}: {e}") from e
+    if mmap and contiguous:
+        with _tifffile_log(): stack = tifffile.memmap(path, series=0, mode="r").reshape(shape)
     elif lazy: return LazyTiffStack(path, check_finite=check_finite)
     if check_finite: _check_finite(stack, path)
     return stack
 
 # %% ../nbs/01_io.ipynb #8059bcca
+def _open_other_files(series, tif):
+    "Open the other files of a multi-file (OME-TIFF) series and keep them open; tifffile closes them after parsing."
+    handles = {id(p.parent.filehandle): p.parent.filehandle for p in series.pages if p is not None and p.parent is not tif}
+    for fh in handles.values():
+        if fh.closed: fh.open()
+    return list(handles.values())
+
+def _close_all(files):
+    for f in files: f.close()
+
 class LazyTiffStack:
-    "A (frames, height, width) TIFF stack that decodes frames only when they are indexed."
+    "A (frames, height, width) TIFF stack that decodes frames only when they are indexed (also BigTIFF, multi-file OME-TIFF series)."
     def __init__(self, path, # a TIFF file holding one stack of grey frames
                  check_finite=True): # raise when a decoded float frame holds NaN or inf
         self.path, self.check_finite = Path(path), check_finite
@@ -251,13 +300,15 @@ class LazyTiffStack:
             tif.close()
             raise
         self.dtype, self._tif, self._series, self._pid = np.dtype(series.dtype), tif, series, os.getpid()
-        self._closer = weakref.finalize(self, tif.close)  # closes the file when the stack is garbage-collected
+        others = _open_other_files(series, tif)
+        self._closer = weakref.finalize(self, _close_all, [tif, *others])  # closes the files when the stack is garbage-collected
 
     def _frames(self, idx):
         "Decode the frames at the indices `idx` into one (len(idx), height, width) array."
         if os.getpid() != self._pid: self.close(); self._open()  # a forked worker gets its own file handle
         if len(idx) == 0: return np.empty((0, *self.shape[1:]), self.dtype)
-        out = self._series.asarray(key=[int(i) for i in idx]).reshape(len(idx), *self.shape[1:])
+        try: out = self._series.asarray(key=[int(i) for i in idx]).reshape(len(idx), *self.shape[1:])
+        except _DAMAGED as e: raise _damaged(self.path, f"{type(e).__name__}: {e}") from e
         if self.check_finite and self.dtype.kind == "f":
             bad = _first_bad_frame(out)
             if bad is not None:
@@ -444,6 +495,14 @@ def _to_thunderstorm(df, label, px_size_nm=None, units_known=(), stacklevel=3, x
     out.attrs["column_mapping"] = mapping
     return out
 
+def _check_points(table, label):
+    "Refuse, with `read_localizations`' messages, a table whose frames are not whole numbers from 1 or whose 'x [nm]', 'y [nm]' are not all numbers."
+    cols = ["frame", "x [nm]", "y [nm]"]
+    try: a = table[cols].to_numpy(np.float64)
+    except (TypeError, ValueError): a = None   # a value that is no number: `_to_thunderstorm` names it
+    if a is None or not np.isfinite(a).all() or (a[:, 0] != np.round(a[:, 0])).any() or (a[:, 0] < 1).any():
+        _to_thunderstorm(table[cols], label)
+
 def _table_to_write(df, label):
     "Check a localization table and return it in ThunderSTORM form, numbering rows from 1 if it has no id."
     if not isinstance(df, pd.DataFrame): raise TypeError(f"{label}: expected a pandas DataFrame, got {type(df).__name__}")
@@ -463,18 +522,22 @@ def write_localizations(path, # the .csv file to create or replace
     _write_checked_table(path, _table_to_write(df, f"{path} (table to write)"))
 
 # %% ../nbs/01_io.ipynb #20d32a66
+def _not_text(path, e): return ValueError(f"{path}: not a text table (binary, or not UTF-8: {e}); expected a localization CSV")
+
 def _csv_preamble(path):
     "Line numbers of the leading '#' comment lines, the JSON metadata they hold (DECODE) and the header's separator."
     comments, meta, header = [], {}, ""
     with open(path, encoding="utf-8-sig", newline="") as f:
-        for i, line in enumerate(f):
-            s = line.strip()
-            if not s: continue
-            if not s.startswith("#"): header = line; break
-            comments.append(i)
-            try: d = json.loads(s.lstrip("#").strip())
-            except ValueError: continue
-            if isinstance(d, dict): meta.update(d)
+        try:
+            for i, line in enumerate(f):
+                s = line.strip()
+                if not s: continue
+                if not s.startswith("#"): header = line; break
+                comments.append(i)
+                try: d = json.loads(s.lstrip("#").strip())
+                except ValueError: continue
+                if isinstance(d, dict): meta.update(d)
+        except UnicodeDecodeError as e: raise _not_text(path, e) from e
     return comments, meta, next((sep for sep in (",", "\t", ";") if sep in header), ",")
 
 def _decode_px_size(meta, path):
@@ -491,8 +554,10 @@ def read_localizations(path): # a ThunderSTORM CSV, or a CSV with the accepted a
     "Read a localization table with ThunderSTORM's column names; `df.attrs['column_mapping']` says which file column became which."
     path = Path(path)
     _check_file(path, "a localization table (CSV)")
-    comments, meta, sep = _csv_preamble(path)
-    try: df = pd.read_csv(path, sep=sep, skiprows=comments, encoding="utf-8-sig")
+    try:
+        comments, meta, sep = _csv_preamble(path)
+        df = pd.read_csv(path, sep=sep, skiprows=comments, encoding="utf-8-sig")
+    except UnicodeDecodeError as e: raise _not_text(path, e) from e
     except pd.errors.EmptyDataError as e:
         raise ValueError(f"{path}: no table found (the file holds only blank or comment lines)") from e
     except pd.errors.ParserError as e: raise ValueError(f"{path}: not a valid CSV table ({e})") from e

@@ -238,6 +238,26 @@ def _digest(ck) -> str:
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
+def _feed(h, obj):
+    "Hash the structure and plain values of `obj` into `h`; tensors by dtype and shape only (`_digest` covers their bytes)."
+    if isinstance(obj, torch.Tensor): h.update(f"T{obj.dtype}{tuple(obj.shape)};".encode())
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for k, v in obj.items(): h.update(f"{k!r}:".encode()); _feed(h, v)
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for v in obj: _feed(h, v)
+        h.update(b"]")
+    else: h.update(f"{obj!r};".encode())
+
+def _settings_digest(ck) -> str:
+    "SHA-256 of everything in a checkpoint but the tensors' bytes: the normaliser, pixel size, target, calibration, model, data and history."
+    import hashlib
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in ck.items() if k not in ("sha256", "settings_sha256")})
+    return h.hexdigest()
+
 def _plain(obj):
     "`obj` with numpy scalars, paths and tuples turned into the plain types `torch.load(weights_only=True)` accepts."
     if isinstance(obj, torch.Tensor): return obj
@@ -256,7 +276,7 @@ def save_checkpoint(path, # the .pt file to create or replace
     "Write `checkpoint` with its SHA-256 digest, atomically (a crash leaves the old file or the new one, never half of one)."
     path = Path(path)
     ck = _plain(checkpoint)
-    ck["sha256"] = _digest(ck)
+    ck["sha256"], ck["settings_sha256"] = _digest(ck), _settings_digest(ck)
     with atomic_write(path, "wb") as f: torch.save(ck, f)
     return path
 
@@ -298,6 +318,10 @@ def load_checkpoint(path, # a checkpoint written by `save_checkpoint`, or the na
     if missing: raise CheckpointError(f"{path}: incomplete checkpoint, missing {missing}")
     if _digest(ck) != ck["sha256"]:
         raise CheckpointError(f"{path}: corrupted: the tensors do not match the SHA-256 digest written with them")
+    if "settings_sha256" in ck and _settings_digest(ck) != ck["settings_sha256"]:   # older checkpoints have the tensors' digest only
+        raise CheckpointError(f"{path}: refused: its settings (normaliser, pixel size, target, calibration, model or data) were changed "
+                              "after it was written and no longer match their SHA-256 digest; retrain, or recalibrate with "
+                              "`dl4smlm calibrate`, rather than editing a checkpoint")
     return ck
 
 def _build_model(ck, label):
@@ -314,9 +338,13 @@ def _build_model(ck, label):
     return model
 
 def load_model(path, # a checkpoint written by dl4smlm, or the name of a bundled model
-               device="cpu") -> nn.Module: # 'cpu', 'cuda', 'mps' or 'auto'
+               device="cpu", # 'cpu', 'cuda', 'mps' or 'auto'
+               unfinished:bool=False) -> nn.Module: # load a checkpoint that finished no epoch too (its weights are barely trained)
     "The trained model of a checkpoint (best validation weights), in eval mode on `device`; `model.normalizer` holds its input transform."
     ck = load_checkpoint(path)
+    if ck.get("epoch", 1) == 0 and not unfinished:
+        raise CheckpointError(f"{path}: training was interrupted before its first epoch ended: it finished no epoch; resume it with "
+                              "--resume or train longer (unfinished=True loads it anyway)")
     model = _build_model(ck, str(path))
     model.normalizer = normalizer_from_dict(ck["normalizer"])
     model.calibration, model.pixel_nm = ck.get("calibration"), ck.get("pixel_nm")
@@ -622,62 +650,151 @@ def evaluate(model, # a trained model
     if isinstance(dataset, ImageDataset) and dataset.patch_size is None: df.insert(1, "frame", dataset.indices + 1)
     return df
 
+# %% ../nbs/05_train.ipynb #a3e1f7c2
+_TRAIN_DEFAULTS = dict(model="deep-storm", upsampling=8, loss="l1l2", lmbda=None, epochs=50, batch_size=16, lr=1e-3, pixel_nm=None,
+                       ranges=None, normalization="photons", patch_size=26, min_emitters=None, patches_per_frame=16,
+                       samples_per_epoch=1024, valid=0.3, test=0.1, early_stopping=10, seed=0, amp=True, deterministic=False,
+                       model_kwargs=None)   # what `train_from_folder` uses for a setting not given (None) when it starts a run
+
+def _run_settings(ck) -> dict:
+    "The settings of the run a checkpoint holds, under `train_from_folder`'s names (those it did not record are left out)."
+    t, data = ck["training"], ck.get("data") or {}
+    run = {"model": ck["model"]["name"], "model_kwargs": ck["model"].get("kwargs") or {}, "upsampling": ck["upsampling"],
+           "loss": ck["loss"]["name"], "lmbda": (ck["loss"].get("kwargs") or {}).get("lam", 1.0),
+           **{k: t[k] for k in ("epochs", "batch_size", "lr", "early_stopping", "seed", "amp", "deterministic") if k in t},
+           **{k: v for k, v in (data.get("run") or {}).items() if k != "data_dir"}}
+    if "frames" in data: run["pixel_nm"] = ck.get("pixel_nm")
+    else: run["ranges"] = data.get("ranges") or None
+    return run
+
+def _same(a, b) -> bool:
+    "Equal as settings: numbers by value, tuples as lists."
+    norm = lambda v: ({k: norm(x) for k, x in v.items()} if isinstance(v, dict) else [norm(x) for x in v] if isinstance(v, (list, tuple))
+                      else float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+    return norm(a) == norm(b)
+
+def _refuse_conflicts(given:dict, stored:dict, path):
+    "Raise naming every setting in `given` that differs from the resumed run's (`stored`)."
+    bad = [k for k, v in given.items() if k in stored and not _same(v, stored[k])]
+    if not bad: return
+    fmt = lambda v: ":".join(f"{u:g}" for u in v) if isinstance(v, (list, tuple)) else v
+    opts = ", ".join(f"--{k.replace('_', '-')} {fmt(given[k])}" for k in bad)
+    was = ", ".join(f"{k.replace('_', ' ')} {fmt(stored[k])}" for k in bad)
+    raise ValueError(f"{opts} conflict{'s' if len(bad) == 1 else ''} with the run being resumed from {path} ({was}); leave "
+                     f"{'it' if len(bad) == 1 else 'them'} out, or start a new run (without --resume) with --out NEW.pt")
+
+def _check_out(out, overwrite, resumed=None) -> Path:
+    "Refuse now, not after an epoch, a checkpoint path that is a folder, taken, or in a folder that cannot be written or made."
+    out = Path(out)
+    if out.is_dir(): raise IsADirectoryError(f"{out}: is a folder; give a checkpoint file name, e.g. --out {out / 'model.pt'}")
+    same = resumed is not None and out.exists() and os.path.samefile(out, resumed)
+    if out.exists() and not overwrite and not same:
+        raise FileExistsError(f"{out}: already exists; pass overwrite=True (--overwrite) to replace it, "
+                              + (f"or leave out --out to go on writing {resumed}" if resumed else "or resume=PATH (--resume) to continue it"))
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent: folder = folder.parent   # the nearest folder that exists
+    if not folder.is_dir(): raise NotADirectoryError(f"{out}: cannot make the folder {out.parent}: {folder} is a file")
+    if not os.access(folder, os.W_OK | os.X_OK): raise PermissionError(f"{out}: cannot write in {folder} (permission denied); choose another --out")
+    return out
+
+def _check_targets(ds):
+    "Refuse a folder whose localization table puts no molecule inside the frames: there would be nothing to train on."
+    _, x, y = ds._points
+    _, h, w = ds._frames.shape
+    if ((x >= 0) & (x < w) & (y >= 0) & (y < h)).any(): return
+    csv = ds.metadata["localizations"]
+    if len(x) == 0: raise ValueError(f"{csv}: holds no localizations (a header only?); training needs the molecules of the frames")
+    raise ValueError(f"{csv}: none of its {len(x)} localizations lies inside the {w}×{h}-px frames of {ds._frames.label} at "
+                     f"{ds.pixel_nm:g} nm per pixel; check the pixel size (--pixel-nm) and that x and y are in nm")
+
+
 # %% ../nbs/05_train.ipynb #4419a25f
-def train_from_folder(data_dir=None, # what `dl4smlm simulate` writes, or a folder with one TIFF stack and one localization CSV; None with `simulate_config`
+def train_from_folder(data_dir=None, # what `dl4smlm simulate` writes, or a folder with one TIFF stack and one localization CSV; None with `simulate_config` (or when resuming)
                       *,
-                      out="model.pt", # the checkpoint to write (best weights + resumable state)
-                      model:str="deep-storm", # a name from `list_models()`
-                      upsampling:int=8, # f
-                      loss:str="l1l2", # 'l1l2', 'wmse' or 'wmae'
-                      lmbda:float|None=None, # the loss's λ, `lam` (None: its default, 1)
-                      epochs:int=50, batch_size:int=16, lr:float=1e-3,
+                      out=None, # the checkpoint to write (best weights + resumable state); default model.pt, resuming: `resume` itself
+                      model:str|None=None, # a name from `list_models()` (default 'deep-storm')
+                      upsampling:int|None=None, # f (default 8)
+                      loss:str|None=None, # 'l1l2' (default), 'wmse' or 'wmae'
+                      lmbda:float|None=None, # the loss's λ, `lam` (default: the loss's, 1)
+                      epochs:int|None=None, batch_size:int|None=None, lr:float|None=None, # default 50, 16, 1e-3
                       device:str="auto", # 'auto', 'cpu', 'cuda', 'mps'
                       simulate_config=None, # train on fresh simulated data: a `SimulationConfig` or its dict
-                      resume=None, # a checkpoint to continue from (its model, loss and settings are used)
-                      overwrite:bool=False, # replace an existing `out` when not resuming
-                      pixel_nm:float|None=None, # camera pixel size (default: simulation.json, else 100 nm)
+                      resume=None, # a checkpoint to continue: its run's settings and data are used, a setting given here must agree
+                      overwrite:bool=False, # replace an existing `out` (that is not `resume`)
+                      pixel_nm:float|None=None, # camera pixel size (default: the TIFF's calibration, else simulation.json, else 100 nm)
                       ranges:dict|None=None, # simulation: {name: (low, high)}, parameters drawn anew for every patch (`data.RANGES`)
-                      normalization:str="photons", # 'photons' (calibrated input) or 'min-max' (Deep-STORM's)
+                      normalization:str|None=None, # 'photons' (calibrated input, the default) or 'min-max' (Deep-STORM's)
                       camera=None, # folder: the camera's calibration (`Camera` or dict); default: simulation.json's
                       calibrate:bool=True, # after training, choose the detection threshold and measure the bias (`dl4smlm.calibrate`)
-                      patch_size:int=26,
+                      patch_size:int|None=None, # default 26
                       min_emitters:int|None=None, # emitters a training patch must hold; default 7 (Deep-STORM), 0 with a density range
-                      patches_per_frame:int=16, # folder: patches per training frame and epoch
-                      samples_per_epoch:int=1024, # simulation: patches per epoch
-                      valid:float=0.3, test:float=0.1, # fractions of the frames held out (simulation: of samples_per_epoch, tested on whole frames)
-                      early_stopping:int|None=10, num_workers:int=0, seed:int=0, amp:bool=True, deterministic:bool=False,
+                      patches_per_frame:int|None=None, # folder: patches per training frame and epoch (default 16)
+                      samples_per_epoch:int|None=None, # simulation: patches per epoch (default 1024)
+                      valid:float|None=None, test:float|None=None, # fractions of the frames held out, default 0.3 and 0.1 (simulation: of samples_per_epoch, tested on whole frames)
+                      early_stopping:int|None|str="default", # epochs without a better validation loss before stopping; None: never; 'default': 10
+                      num_workers:int=0, seed:int|None=None, amp:bool|None=None, deterministic:bool|None=None, # seed default 0; amp True
                       progress:bool=True,
                       model_kwargs:dict|None=None): # extra arguments of the model
-    "Train `model` on a data folder or on the fly from a simulation; returns (checkpoint path, `History`). What `dl4smlm train` runs."
+    """Train `model` on a data folder or on the fresh simulated data of `simulate_config`; returns (checkpoint path, `History`). What
+    `dl4smlm train` runs. A setting left at None takes its default, or when resuming the run's own value (a different one is refused)."""
+    given = {k: v for k, v in dict(model=model, upsampling=upsampling, loss=loss, lmbda=lmbda, epochs=epochs, batch_size=batch_size, lr=lr,
+             pixel_nm=pixel_nm, ranges=ranges, normalization=normalization, patch_size=patch_size, min_emitters=min_emitters,
+             patches_per_frame=patches_per_frame, samples_per_epoch=samples_per_epoch, valid=valid, test=test, seed=seed, amp=amp,
+             deterministic=deterministic, model_kwargs=model_kwargs).items() if v is not None}
+    if early_stopping != "default": given["early_stopping"] = early_stopping
+    s = {**_TRAIN_DEFAULTS, **given}
+    if resume is not None:   # continue that run: its settings and its data, written back to it unless `out` says otherwise
+        resume = _checkpoint_path(resume)
+        ck = load_checkpoint(resume)
+        if ck.get("resume") is None: raise CheckpointError(f"{resume}: holds no training state to resume from (it was saved with resume=False)")
+        stored, data = _run_settings(ck), ck.get("data") or {}
+        if "frames" in data:   # trained on a folder
+            if simulate_config is not None: raise ValueError(f"--simulate: the run being resumed from {resume} trained on a data folder; leave it out")
+            if data_dir is None: data_dir = (data.get("run") or {}).get("data_dir") or Path(data["frames"]).parent
+        else:
+            if data_dir is not None: raise ValueError(f"{data_dir}: the run being resumed from {resume} trained on simulated frames; leave DATA_DIR out")
+            have, want = dict(ck["simulation"]), dict(ck["simulation"])   # the simulation, a parameter's range in place of its value
+            if simulate_config is not None:
+                want.update(simulate_config.to_dict() if isinstance(simulate_config, SimulationConfig) else dict(simulate_config))
+            had, wanted = stored.get("ranges") or {}, stored.get("ranges") or {} if given.get("ranges") is None else given.pop("ranges")
+            for k in set(had) | set(wanted): have[k], want[k] = had.get(k, have[k]), wanted.get(k, want[k])
+            _refuse_conflicts({k: v for k, v in want.items() if k != "frames"}, have, resume)
+            simulate_config = ck["simulation"]
+        _refuse_conflicts(given, stored, resume)
+        s = {**_TRAIN_DEFAULTS, **stored, **given}
     if (data_dir is None) == (simulate_config is None):
         raise ValueError("train_from_folder: give either a data folder or simulate_config (train on the fly), not both or neither")
-    out = Path(out)
-    if resume is None and out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: already exists; pass overwrite=True (--overwrite) to replace it, or resume=PATH (--resume) to continue it")
-    if not out.parent.is_dir(): raise FileNotFoundError(f"{out}: the folder {out.parent} does not exist")
-    if min_emitters is None: min_emitters = 0 if ranges and "density" in ranges else 7
+    out = _check_out(resume if resume is not None and out is None else "model.pt" if out is None else out, overwrite, resume)
+    if s["min_emitters"] is None: s["min_emitters"] = 0 if s["ranges"] and "density" in s["ranges"] else 7
+    valid, test, seed, sim = s["valid"], s["test"], s["seed"], dict(upsampling=s["upsampling"], patch_size=s["patch_size"])
+    run = {k: s[k] for k in ("normalization", "patch_size", "min_emitters", "valid", "test")}
     if data_dir is not None:
-        if ranges: raise ValueError("ranges: parameter ranges are for training on simulated data (simulate_config), not on a folder")
-        full = ImageDataset.from_folder(data_dir, pixel_nm=pixel_nm, camera=camera, normalization=normalization, upsampling=upsampling,
-                                        patch_size=patch_size, min_emitters=min_emitters, patches_per_frame=patches_per_frame, seed=seed)
+        if s["ranges"]: raise ValueError("ranges: parameter ranges are for training on simulated data (simulate_config), not on a folder")
+        full = ImageDataset.from_folder(data_dir, pixel_nm=s["pixel_nm"], camera=camera, normalization=s["normalization"], **sim,
+                                        min_emitters=s["min_emitters"], patches_per_frame=s["patches_per_frame"], seed=seed)
+        _check_targets(full)
         train, valid_ds, test_ds = full.split(valid, test, seed)
+        run.update(patches_per_frame=s["patches_per_frame"], data_dir=str(Path(data_dir).resolve()))
     else:
         cfg = simulate_config if isinstance(simulate_config, SimulationConfig) else SimulationConfig.from_dict(dict(simulate_config))
-        sim = dict(upsampling=upsampling, patch_size=patch_size, min_emitters=min_emitters, ranges=ranges)
-        train = SimulatedDataset(cfg, samples_per_epoch, seed=seed, normalization=normalization, **sim)
-        n_valid, n_test = (max(1, round(v * samples_per_epoch)) if v > 0 else 0 for v in (valid, test))
+        sim.update(min_emitters=s["min_emitters"], ranges=s["ranges"])
+        n = s["samples_per_epoch"]
+        train = SimulatedDataset(cfg, n, seed=seed, normalization=s["normalization"], **sim)
+        n_valid, n_test = (max(1, round(v * n)) if v > 0 else 0 for v in (valid, test))
         valid_ds = SimulatedDataset(cfg, n_valid, seed=seed, fixed=True, normalizer=train.normalizer, **sim) if n_valid else None
-        side = patch_size or min(cfg.height, cfg.width)
+        side = s["patch_size"] or min(cfg.height, cfg.width)
         n_frames = max(1, round(n_test * side ** 2 / (cfg.height * cfg.width)))   # as many pixels as n_test patches
-        test_ds = SimulatedDataset(cfg, n_frames, upsampling=upsampling, patch_size=None, seed=seed + 1, fixed=True,
-                                   normalizer=train.normalizer, ranges=ranges) if n_test else None
-    settings = dict(epochs=epochs, device=device, num_workers=num_workers, progress=progress)
+        test_ds = SimulatedDataset(cfg, n_frames, upsampling=s["upsampling"], patch_size=None, seed=seed + 1, fixed=True,
+                                   normalizer=train.normalizer, ranges=s["ranges"]) if n_test else None
+        run["samples_per_epoch"] = n
+    train.metadata = {**train.metadata, "run": run}   # stored in the checkpoint: what a resume keeps
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = dict(device=device, num_workers=num_workers, progress=progress)
     if resume is not None: trainer = Trainer.resume(resume, train, valid_ds, out=out, **settings)
     else:
-        trainer = Trainer(model, loss, train, valid_ds, out=out, model_kwargs=model_kwargs,
-                          loss_kwargs=None if lmbda is None else {"lam": lmbda},
-                          batch_size=batch_size, lr=lr, early_stopping=early_stopping, seed=seed, amp=amp,
-                          deterministic=deterministic, **settings)
+        trainer = Trainer(s["model"], s["loss"], train, valid_ds, out=out, model_kwargs=s["model_kwargs"],
+                          loss_kwargs=None if s["lmbda"] is None else {"lam": s["lmbda"]}, epochs=s["epochs"], batch_size=s["batch_size"],
+                          lr=s["lr"], early_stopping=s["early_stopping"], seed=seed, amp=s["amp"], deterministic=s["deterministic"], **settings)
     try:
         history = trainer.fit()
         if test_ds is not None and trainer.rank == 0:

@@ -22,7 +22,8 @@ from matplotlib.patches import Circle, Rectangle
 
 from .data import ImageDataset
 from .evaluate import assess, match_localizations, simulation_crlb
-from .localize import DEFAULT_THRESHOLD, Prediction, _positions, add_scale_bar, find_peaks, predict, predict_checkpoint, render_gaussian
+from .localize import DEFAULT_THRESHOLD, Prediction, _positions, add_scale_bar, find_peaks, predict, render_gaussian
+from .predict import predict_checkpoint
 from .simulate import CAMERAS, SimulationConfig, render_heatmap, render_spikes, simulate
 from .train import LOSSES, History, Trainer, load_checkpoint
 

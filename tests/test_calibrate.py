@@ -11,7 +11,8 @@ from dl4smlm.calibrate import AnnotatedStack, calibration_stacks, choose, defaul
 from dl4smlm.compare import OracleModel
 from dl4smlm.data import (Normalizer, PhotonNormalizer, SimulatedDataset, check_ranges, draw_config, normalizer_from_dict)
 from dl4smlm.evaluate import assess
-from dl4smlm.localize import DEFAULT_THRESHOLD, predict, predict_checkpoint
+from dl4smlm.localize import DEFAULT_THRESHOLD, predict
+from dl4smlm.predict import predict_checkpoint
 from dl4smlm.simulate import SimulationConfig, simulate
 from dl4smlm.train import load_checkpoint, load_model, save_checkpoint, train_from_folder
 

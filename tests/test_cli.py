@@ -13,14 +13,16 @@ EXE = str(Path(sys.executable).parent/"dl4smlm")
 def run(*args):
     return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=300)
 
-def test_help_lists_commands():
-    r = run("--help")
-    assert r.returncode == 0
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as e: main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
     for cmd in ("demo", "simulate", "train", "predict", "evaluate", "models", "calibrate", "fit", "estimate", "convert", "export"):
-        assert cmd in r.stdout
-    for cmd in ("demo", "simulate", "train", "predict", "evaluate"):
-        r = run(cmd, "--help")
-        assert r.returncode == 0 and "--" in r.stdout
+        assert cmd in out
+    for cmd in ("demo", "simulate", "train", "predict", "evaluate", "fit", "estimate", "convert", "export"):
+        with pytest.raises(SystemExit) as e: main([cmd, "--help"])
+        assert e.value.code == 0 and "--" in capsys.readouterr().out
+    assert run("--help").returncode == 0                      # the installed console script
 
 def test_simulate_writes_the_dataset(tmp_path):
     out = tmp_path/"sim"
@@ -72,6 +74,12 @@ def test_train_writes_a_checkpoint_and_refuses_to_overwrite(trained):
     assert ck["model"]["name"] == "fid-storm" and ck["upsampling"] == 4
     r = run("train", trained/"data", "--epochs", "1", "--out", trained/"model.pt")
     assert r.returncode == 2 and "--overwrite" in r.stderr
+
+def test_train_resume_refuses_conflicting_options(trained):
+    before = (trained/"model.pt").read_bytes()
+    r = run("train", "--resume", trained/"model.pt", "--epochs", "50", "--model", "srcnn")
+    assert r.returncode == 2 and "--model srcnn, --epochs 50 conflict with the run being resumed" in r.stderr, r.stderr
+    assert "(model fid-storm, epochs 1)" in r.stderr and (trained/"model.pt").read_bytes() == before
 
 def test_train_on_the_fly_from_simulation(tmp_path):
     r = run("train", "--simulate", "--size", "32", "--density", "3", "--model", "srcnn", "--upsampling", "4", "--epochs", "1",

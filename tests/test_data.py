@@ -109,6 +109,15 @@ def test_localization_errors(sim, tmp_path):
     assert np.allclose(torch.stack([ds[k][1][0] for k in range(6)]).numpy(), expected, atol=1e-5)
 
 
+def test_dataframes_are_checked_like_csv_files(sim):
+    gt = sim.ground_truth
+    for message, t in (("column 'frame' has 0 in data row 1; ThunderSTORM frames are numbered from 1", gt.assign(frame=gt.frame - 1)),
+                       ("ThunderSTORM frames are whole numbers", gt.assign(frame=gt.frame + 0.5)),
+                       (r"column 'x \[nm\]' has a missing or non-finite value \(nan\) in data row 3",
+                        gt.assign(**{"x [nm]": np.where(np.arange(len(gt)) == 2, np.nan, gt["x [nm]"])}))):
+        with pytest.raises(ValueError, match="^localizations: .*" + message): ImageDataset(sim.frames, localizations=t)
+
+
 # ---- normalisation ----
 
 def test_normalizer_round_trips(sim):

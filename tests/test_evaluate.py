@@ -165,6 +165,18 @@ def test_assess_accepts_other_indexes_and_refuses_bad_input():
     with pytest.raises(ValueError, match="crlb_nm"): assess(gt, locs, (3000, 3000), crlb_nm="uncertainty [nm]")
 
 
+def test_assess_refuses_what_the_csv_reader_refuses():
+    gt = table([1, 2], [1000, 2000], [1000, 1000])
+    bad = {"has 0 in data row 2; ThunderSTORM frames are numbered from 1": gt.assign(frame=[1, 0]),
+           "has 1.5 in data row 1; ThunderSTORM frames are whole numbers": gt.assign(frame=[1.5, 2]),
+           r"'x \[nm\]' has a missing or non-finite value \(nan\) in data row 2": gt.assign(**{"x [nm]": [1000, np.nan]}),
+           r"'y \[nm\]' has a missing or non-finite value \(inf\)": gt.assign(**{"y [nm]": [np.inf, 1000]})}
+    for message, t in bad.items():
+        with pytest.raises(ValueError, match="^localizations: column .*" + message): assess(gt, t, (3000, 3000))
+        with pytest.raises(ValueError, match="^ground_truth: column .*" + message): assess(t, gt, (3000, 3000))
+    assert_eq(assess(gt.assign(frame=[1.0, 2.0]), gt, (3000, 3000))["jaccard_pct"], 100.0)   # whole floats are frames
+
+
 def test_ground_truth_crlb_follows_the_simulator():
     gt = pd.DataFrame({"intensity [photon]": [1000.0, 2000.0, 2000.0], "sigma [nm]": [100.0, 100.0, 150.0]})
     c = ground_truth_crlb(gt, background=10, pixel_nm=100)

@@ -18,12 +18,12 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")   # TorchScript is deprecated, still what deepImageJ reads
 
 
-def _tiny(tmp_path, normalization, model="fid-storm", steps=0):
-    "A checkpoint of a small model trained `steps` epochs (0: its initial weights) on 32×32 simulated patches."
+def _tiny(tmp_path, normalization, model="fid-storm"):
+    "A checkpoint of a small model trained one epoch of 8 patches on 32×32 simulated patches (a checkpoint must finish an epoch)."
     data = SimulatedDataset(SimulationConfig(height=32, width=32), 8, upsampling=4, patch_size=16, normalization=normalization, seed=0)
     kwargs = {"blocks": 2} if model == "fid-storm" else {}
     trainer = Trainer(model, "l1l2", data, None, epochs=1, batch_size=8, device="cpu", progress=False, model_kwargs=kwargs)
-    if steps: trainer.fit()
+    trainer.fit()
     return trainer.save(tmp_path / f"{normalization}.pt", resume=False)
 
 
@@ -58,7 +58,7 @@ def test_photon_checkpoint_exports_match_pytorch_and_localize_the_same(tmp_path)
 
 
 def test_min_max_checkpoint_exports_match_pytorch_and_package_validates(tmp_path):
-    ckpt = _tiny(tmp_path, "min-max", steps=1)
+    ckpt = _tiny(tmp_path, "min-max")
     assert [size_multiple("deep-storm", f) for f in (2, 4, 8)] == [4, 2, 1] and size_multiple("u-storm", 2) == 2
     r = export_checkpoint(ckpt, tmp_path / "out", bioimageio=True)
     assert all(d < 1e-4 for d in r["max_abs_difference"].values()) and r["size_multiple"] == 1

@@ -242,32 +242,32 @@ def checkpoint(tmp_path_factory):
 
 
 def test_predict_checkpoint_uses_the_checkpoint_settings(checkpoint, monkeypatch):
-    import dl4smlm.localize as loc
+    import dl4smlm.predict as pr
     from dl4smlm.train import load_model
     path, sim = checkpoint
-    pred = loc.predict_checkpoint(path, sim.frames, threshold=0.0, progress=False)
+    pred = pr.predict_checkpoint(path, sim.frames, threshold=0.0, progress=False)
     assert_eq((pred.pixel_nm, pred.upsampling, pred.n_frames), (110.0, 4, 6))
     model = load_model(path)
     ref = predict(model, sim.frames, model.normalizer, pixel_nm=110.0, threshold=0.0, progress=False)
     assert_close(pred.super_resolution, ref.super_resolution, eps=1e-4 * np.abs(ref.super_resolution).max())   # batch norm folded
     seen = {}
-    monkeypatch.setattr(loc, "predict", lambda *a, **kw: seen.update(kw))
+    monkeypatch.setattr(pr, "predict", lambda *a, **kw: seen.update(kw))
     with pytest.raises(ValueError, match="trained on 110 nm pixels"):                # 9 % apart: refused before any compute
-        loc.predict_checkpoint(path, sim.frames, pixel_nm=100.0)
+        pr.predict_checkpoint(path, sim.frames, pixel_nm=100.0)
     assert_eq(seen, {})
     with pytest.warns(UserWarning, match="forced"):
-        loc.predict_checkpoint(path, sim.frames, pixel_nm=100.0, force_pixel_size=True)
-    assert_eq((seen["threshold"], seen["pixel_nm"]), (loc.DEFAULT_THRESHOLD, 100.0))
-    loc.predict_checkpoint(path, sim.frames, pixel_nm=113.0)                        # within 5 %: the stack's own size is used
+        pr.predict_checkpoint(path, sim.frames, pixel_nm=100.0, force_pixel_size=True)
+    assert_eq((seen["threshold"], seen["pixel_nm"]), (pr.DEFAULT_THRESHOLD, 100.0))
+    pr.predict_checkpoint(path, sim.frames, pixel_nm=113.0)                        # within 5 %: the stack's own size is used
     assert_eq(seen["pixel_nm"], 113.0)
-    monkeypatch.setattr(loc, "load_checkpoint", lambda p: {"target": {"kind": "spikes"}, "pixel_nm": None})
-    loc.predict_checkpoint(path, sim.frames)
-    assert_close(seen["threshold"], loc.DEFAULT_THRESHOLD / 15.9241, eps=1e-4)    # scaled to a spike's peak of 1
+    monkeypatch.setattr(pr, "load_checkpoint", lambda p: {"target": {"kind": "spikes"}, "pixel_nm": None})
+    pr.predict_checkpoint(path, sim.frames)
+    assert_close(seen["threshold"], pr.DEFAULT_THRESHOLD / 15.9241, eps=1e-4)    # scaled to a spike's peak of 1
     assert_eq(seen["pixel_nm"], 100.0)                                           # no pixel size stored: 100 nm
 
 
 def test_predict_to_folder_writes_the_three_files(checkpoint, tmp_path):
-    from dl4smlm.localize import PREDICT_FILES, predict_to_folder
+    from dl4smlm.predict import PREDICT_FILES, predict_to_folder
     path, sim = checkpoint
     write_stack(tmp_path / "frames.tif", sim.frames)
     out = tmp_path / "new" / "prediction"

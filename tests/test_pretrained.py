@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dl4smlm.io import read_localizations, read_stack
-from dl4smlm.localize import predict_checkpoint
+from dl4smlm.predict import predict_checkpoint
 from dl4smlm.pretrained import PRETRAINED, bundled_models, bundled_path, describe, weights_dir
 from dl4smlm.simulate import SimulationConfig, simulate
 from dl4smlm.train import load_checkpoint, load_model

@@ -15,8 +15,9 @@ from torch import nn
 
 import dl4smlm.train as train_module
 from dl4smlm.data import ImageDataset, Normalizer
-from dl4smlm.io import save_simulation
+from dl4smlm.io import save_simulation, write_stack
 from dl4smlm.losses import WeightedMSELoss
+from dl4smlm.pretrained import bundled_models
 from dl4smlm.simulate import SimulationConfig, simulate
 from dl4smlm.train import (CHECKPOINT_FORMAT, LOSSES, CheckpointError, History, TrainConfig, Trainer, TrainingInterrupted,
                            evaluate, image_metrics, load_checkpoint, load_model, make_loss, resolve_device, save_checkpoint,
@@ -345,12 +346,113 @@ def test_train_from_folder(sim, tmp_path):
     assert ck["simulation"]["seed"] == 21 and ck["history"]["test"] == h.test and ck["loss"]["kwargs"] == {"lam": 2.0}
     assert ck["data"]["frames"].endswith("frames.tif")
     with pytest.raises(FileExistsError, match="--overwrite"): train_from_folder(tmp_path / "data", out=path, **FOLDER)
-    path, h = train_from_folder(tmp_path / "data", out=path, resume=path, **{**FOLDER, "epochs": 3})
-    assert h.epoch == [1, 2, 3]
+    with pytest.raises(ValueError, match="--epochs 3 conflicts with the run being resumed"):
+        train_from_folder(tmp_path / "data", out=path, resume=path, **{**FOLDER, "epochs": 3})
+    path, h = train_from_folder(tmp_path / "data", out=path, resume=path, **FOLDER)   # finished already: nothing more to do
+    assert h.epoch == [1, 2]
     train_from_folder(tmp_path / "data", out=path, overwrite=True, **{**FOLDER, "epochs": 1})
     assert load_checkpoint(path)["epoch"] == 1
     with pytest.raises(ValueError, match="not both or neither"): train_from_folder(out=tmp_path / "x.pt")
     with pytest.raises(FileNotFoundError, match="no such folder"): train_from_folder(tmp_path / "nowhere", out=tmp_path / "x.pt")
+
+
+def _stop_in_epoch(monkeypatch, epoch):
+    "Make the next `fit` stop as Ctrl-C would, after the first step of `epoch` (from 0)."
+    run_epoch = Trainer._train_epoch
+    def stopping(self, show):
+        if self.epoch == epoch: self.request_stop()
+        return run_epoch(self, show)
+    monkeypatch.setattr(Trainer, "_train_epoch", stopping)
+
+
+RUN = dict(model="srcnn", upsampling=2, loss="wmse", epochs=3, batch_size=4, lr=5e-3, patch_size=8, min_emitters=1, patches_per_frame=2,
+           progress=False, calibrate=False)
+
+
+@pytest.fixture
+def interrupted(sim, tmp_path, monkeypatch):
+    "A folder run of 3 epochs stopped in its second, in the working directory beside an unrelated model.pt."
+    save_simulation(tmp_path / "data", sim)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.pt").write_bytes(b"another model")
+    _stop_in_epoch(monkeypatch, 1)
+    with pytest.raises(TrainingInterrupted) as e: train_from_folder(tmp_path / "data", out="int.pt", **RUN)
+    assert e.value.checkpoint == Path("int.pt")
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "int.pt"
+
+
+def test_resume_continues_that_run(interrupted, tmp_path):
+    path, h = train_from_folder(resume="int.pt", progress=False, calibrate=False)   # data and settings: the run's
+    assert path == Path("int.pt") and h.epoch == [1, 2, 3]
+    assert (tmp_path / "model.pt").read_bytes() == b"another model"
+    ck = load_checkpoint(interrupted)
+    assert ck["epoch"] == 3 and ck["model"]["name"] == "srcnn" and ck["loss"]["name"] == "wmse"
+    assert (ck["training"]["epochs"], ck["training"]["batch_size"], ck["training"]["lr"]) == (3, 4, 5e-3)
+    assert ck["data"]["run"]["patch_size"] == 8 and ck["data"]["run"]["data_dir"] == str(tmp_path / "data")
+
+
+def test_resume_refuses_conflicting_options(interrupted, tmp_path):
+    before = sorted(p.name for p in tmp_path.iterdir()), interrupted.read_bytes()
+    with pytest.raises(ValueError, match=r"^--epochs 50 conflicts with the run being resumed from int.pt \(epochs 3\); leave it out"):
+        train_from_folder(resume="int.pt", epochs=50, progress=False)
+    with pytest.raises(ValueError, match=r"--model deep-storm, --batch-size 16, --lr 0.001 conflict .*\(model srcnn, batch size 4, lr 0.005\)"):
+        train_from_folder(tmp_path / "data", resume="int.pt", model="deep-storm", batch_size=16, lr=1e-3, progress=False)
+    with pytest.raises(ValueError, match="trained on a data folder"):
+        train_from_folder(resume="int.pt", simulate_config=SimulationConfig(), progress=False)
+    with pytest.raises(FileExistsError, match="model.pt: already exists"): train_from_folder(resume="int.pt", out="model.pt")
+    assert (sorted(p.name for p in tmp_path.iterdir()), interrupted.read_bytes()) == before
+    path, h = train_from_folder(resume="int.pt", out="elsewhere.pt", epochs=3, lr=0.005, progress=False, calibrate=False)
+    assert path == Path("elsewhere.pt") and h.epoch == [1, 2, 3] and interrupted.read_bytes() == before[1]
+
+
+def test_unfinished_checkpoint_is_refused(sim, tmp_path, monkeypatch):
+    save_simulation(tmp_path / "data", sim)
+    _stop_in_epoch(monkeypatch, 0)
+    with pytest.raises(TrainingInterrupted): train_from_folder(tmp_path / "data", out=tmp_path / "early.pt", **RUN)
+    with pytest.raises(CheckpointError, match="finished no epoch; resume it with --resume or train longer"): load_model(tmp_path / "early.pt")
+    assert not load_model(tmp_path / "early.pt", unfinished=True).training
+
+
+def test_output_checked_before_training(sim, tmp_path, monkeypatch):
+    save_simulation(tmp_path / "data", sim)
+    monkeypatch.setattr(Trainer, "fit", lambda self, epochs=None: pytest.fail("an epoch ran"))
+    (tmp_path / "file").write_text("x")
+    for out, error in ((tmp_path / "data", IsADirectoryError), (tmp_path / "file" / "m.pt", NotADirectoryError)):
+        with pytest.raises(error, match=str(out)): train_from_folder(tmp_path / "data", out=out, **RUN)
+    if os.geteuid() != 0:   # root writes anywhere
+        (tmp_path / "ro").mkdir(mode=0o500)
+        with pytest.raises(PermissionError, match="cannot write"): train_from_folder(tmp_path / "data", out=tmp_path / "ro" / "m.pt", **RUN)
+    assert not (tmp_path / "file").is_dir()
+
+
+@pytest.mark.parametrize("rows, message", [("", "holds no localizations"), ("1,1e6,1e6\n2,-50,30\n", "none of its 2 localizations lies inside")])
+def test_data_without_targets_is_refused(tmp_path, monkeypatch, rows, message):
+    (tmp_path / "d").mkdir()
+    write_stack(tmp_path / "d" / "frames.tif", np.random.default_rng(0).integers(90, 200, (4, 16, 16)).astype(np.uint16))
+    (tmp_path / "d" / "locs.csv").write_text("frame,x [nm],y [nm]\n" + rows)
+    monkeypatch.setattr(Trainer, "fit", lambda self, epochs=None: pytest.fail("an epoch ran"))
+    with pytest.raises(ValueError, match=f"locs.csv: {message}"):
+        train_from_folder(tmp_path / "d", out=tmp_path / "m.pt", pixel_nm=100.0, normalization="min-max", **RUN)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_checkpoint_settings_cannot_be_edited(checkpoint, tmp_path):
+    path, _ = checkpoint
+    ck = load_checkpoint(path)
+    edits = {"pixel_nm": 110.0, "normalizer": {**ck["normalizer"], "mean": ck["normalizer"]["mean"] + 1},
+             "calibration": {"threshold": 0.1, "radius": 1, "bias_nm": [0.0, 0.0]}, "target": {**ck["target"], "scale": 1.0}}
+    for key, value in edits.items():
+        torch.save({**ck, key: value}, tmp_path / "edited.pt")   # by hand: the digests are those of the original
+        with pytest.raises(CheckpointError, match="settings .* were changed"): load_model(tmp_path / "edited.pt")
+    save_checkpoint(tmp_path / "resaved.pt", {**ck, "pixel_nm": 110.0})   # written by dl4smlm: new digests
+    assert load_model(tmp_path / "resaved.pt").pixel_nm == 110.0
+
+
+def test_bundled_models_still_load():
+    assert bundled_models()
+    for name in bundled_models(): assert load_model(name).calibration is not None
 
 
 def test_train_from_a_simulation(tmp_path):

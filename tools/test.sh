@@ -22,7 +22,7 @@ unchanged nbs nbdev-clean
 echo "== 2/4 nbdev-export leaves dl4smlm/ unchanged (notebooks and package in sync)"
 unchanged dl4smlm nbdev-export
 echo "== 3/4 pytest"
-python -m pytest "$@"
+python -m pytest -n 2 "$@"   # two processes: the notebooks and CLI tests wait on subprocesses much of the time
 echo "== 4/4 the book (Jupyter Book, warnings are errors)"
 rm -rf nbs/_build
 jupyter-book build nbs --warningiserror --keep-going --quiet
