@@ -24,6 +24,9 @@ unchanged dl4smlm nbdev-export
 echo "== 3/4 pytest"
 python -m pytest -n 2 "$@"   # two processes: the notebooks and CLI tests wait on subprocesses much of the time
 echo "== 4/4 the book (Jupyter Book, warnings are errors)"
+# Offline-complete: MathJax comes from npm once (cached in nbs/_vendor/, git-ignored) and is served
+# from the book's _static/; nbs/_ext/dl4smlm_book.py hides nbdev directives and folds exported code.
+bash tools/fetch_mathjax.sh
 rm -rf nbs/_build
 jupyter-book build nbs --warningiserror --keep-going --quiet
 echo "== all checks passed; the book is at nbs/_build/html/index.html"
