@@ -349,6 +349,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'dl4smlm.io.atomic_write': ('io.html#atomic_write', 'dl4smlm/io.py'),
                             'dl4smlm.io.check_free': ('io.html#check_free', 'dl4smlm/io.py'),
                             'dl4smlm.io.load_simulation': ('io.html#load_simulation', 'dl4smlm/io.py'),
+                            'dl4smlm.io.move_into_place': ('io.html#move_into_place', 'dl4smlm/io.py'),
+                            'dl4smlm.io.partial_folder': ('io.html#partial_folder', 'dl4smlm/io.py'),
                             'dl4smlm.io.read_json': ('io.html#read_json', 'dl4smlm/io.py'),
                             'dl4smlm.io.read_localizations': ('io.html#read_localizations', 'dl4smlm/io.py'),
                             'dl4smlm.io.read_pixel_nm': ('io.html#read_pixel_nm', 'dl4smlm/io.py'),

@@ -10,7 +10,8 @@ import numpy as np
 from pathlib import Path
 
 from .simulate import SimulationConfig, make_structure, simulate
-from .io import atomic_write, check_free, save_simulation, write_json
+import shutil
+from .io import atomic_write, check_free, move_into_place, partial_folder, save_simulation, write_json
 from .pretrained import bundled_models
 from .train import load_checkpoint, train_from_folder
 from .predict import predict_checkpoint, predict_to_folder
@@ -48,9 +49,11 @@ def run_demo(out_dir="demo-report", # the report folder
              device="auto", seed=0, overwrite=False, progress=True, log=print):
     """Train a small model on simulated frames (density 0.1–6 µm⁻², photon input, calibrated), simulate a sample of blinking line pairs
     closer than the diffraction limit, localize it with a bundled model (and the one trained here), score both, write the report."""
-    out = Path(out_dir)
-    check_free(out, _DEMO_FILES, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out_dir)
+    check_free(final, _DEMO_FILES, overwrite)
+    out = partial_folder(final)                       # the report is built here and moved into place whole: complete or absent
+    shutil.rmtree(out, ignore_errors=True)            # what a killed run left
+    out.mkdir(parents=True)
     log(f"[1/5] training {model} (×{upsampling}) on fresh simulated frames, 0.1–6 emitters/µm² and 500–5,000 photons: "
         f"{epochs} epochs of {samples_per_epoch} patches of {patch_size} px, device {device}")
     ckpt, history = train_from_folder(simulate_config=SimulationConfig(height=32, width=32, seed=seed), out=out/"model.pt", model=model,
@@ -58,7 +61,7 @@ def run_demo(out_dir="demo-report", # the report folder
                                       ranges={"density": (0.1, 6.0), "photons": (500.0, 5000.0)}, device=device, seed=seed,
                                       early_stopping=None, overwrite=True, progress=progress)
     cal = load_checkpoint(ckpt)["calibration"] or {}
-    log(f"      best validation loss {min(history.valid_loss):.4g}, calibrated threshold {cal.get('threshold', float('nan')):.3g} → {ckpt}")
+    log(f"      best validation loss {min(history.valid_loss):.4g}, calibrated threshold {cal.get('threshold', float('nan')):.3g} → {final/'model.pt'}")
     cfg = SimulationConfig(frames=test_frames, structure="line-pairs", filaments=3, pair_separation_nm=150.0, blinking=True,
                            density=1.0, photons_sd=600.0, seed=seed + 1000)
     log(f"[2/5] simulating the sample: {test_frames} frames of blinking line pairs 150 nm apart, never seen in training")
@@ -75,7 +78,7 @@ def run_demo(out_dir="demo-report", # the report folder
                                                    progress=progress, flip_average=flip_average)
         else: preds[name] = predict_checkpoint(source, sim.frames, device=device, progress=progress, flip_average=flip_average)
     main_name, main = next(iter(preds.items()))
-    log(f"      {len(main.localizations)} localizations ({main_name}) → {out/'prediction'}")
+    log(f"      {len(main.localizations)} localizations ({main_name}) → {final/'prediction'}")
     log("[4/5] evaluating against the ground truth (SMLM Challenge 2016 protocol)")
     field = (cfg.width*cfg.pixel_nm, cfg.height*cfg.pixel_nm)
     crlb = simulation_crlb(sim.ground_truth, cfg)
@@ -94,5 +97,6 @@ def run_demo(out_dir="demo-report", # the report folder
     s, w = fits["smlm"], fits["widefield"]
     if s and w: log(f"line profile: widefield shows one peak (FWHM {w['fwhm_nm'][0]:.0f} nm); the localizations resolve two lines "
                     f"{s['separation_nm']:.0f} nm apart (true: {cfg.pair_separation_nm:g} nm; FWHM {s['fwhm_nm'][0]:.0f} and {s['fwhm_nm'][1]:.0f} nm)")
-    log(f"report written to {out.resolve()}")
+    move_into_place(out, final, [n for n in _DEMO_FILES if n != "metrics.json"] + ["metrics.json"])   # the metrics last
+    log(f"report written to {final.resolve()}")
     return metrics

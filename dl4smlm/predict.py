@@ -23,7 +23,8 @@ import torch.distributed as dist
 
 from .data import PhotonNormalizer
 from .estimate import check_data_ranges, estimate_frames
-from .io import _table_to_write, atomic_write, read_json, read_localizations, read_pixel_nm, read_stack, write_stack
+from .io import (_table_to_write, atomic_write, move_into_place, partial_folder, read_json, read_localizations, read_pixel_nm,
+                        read_stack, write_stack)
 from .localize import (DEFAULT_THRESHOLD, Prediction, _clock, _ideal_peak, _predict_batches, _render_shape, add_scale_bar,
                               plan_tiling, predict, render_gaussian)
 from .models import optimize_for_inference
@@ -127,9 +128,8 @@ def _save_rendering(path, image, pixel_nm, title):
     with atomic_write(path, "wb") as f: fig.savefig(f, format="png")
 
 def _work_folder(out):
-    "Where a prediction into `out` is written until it is complete: a hidden folder beside it."
-    out = out.resolve()
-    return out.parent / f".{out.name}.partial"
+    "Where a prediction into `out` is written until it is complete: a hidden folder beside it (`dl4smlm.io.partial_folder`)."
+    return partial_folder(out)
 
 class _Part:
     "One process's share of a prediction, kill-safe: a CSV appended batch by batch, and the position and running sum saved with it."
@@ -200,9 +200,7 @@ def _render_csv(path, field_nm, pixel_nm, sigma_nm, rows=1_000_000):
 def _finish(work, out):
     "Move a complete prediction from its work folder to `out`: one rename when `out` is new, else file by file, the table last."
     for p in work.glob("part-*"): shutil.rmtree(p)
-    if not out.exists(): os.replace(work, out); return
-    for name in reversed(PREDICT_FILES): os.replace(work / name, out / name)
-    shutil.rmtree(work)
+    move_into_place(work, out, reversed(PREDICT_FILES))
 
 def predict_to_folder(checkpoint, # a .pt file written by dl4smlm.train
                       frames_path, # a TIFF stack (frames, height, width)

@@ -191,3 +191,14 @@ def test_predict_with_a_bundled_model_and_camera_options(trained, tmp_path):
         r = run("predict", "fid-storm-x4-emccd", trained/"data"/"frames.tif", "--out", tmp_path/baseline, "--device", "cpu", "--baseline", baseline)
         assert r.returncode == 0, r.stderr
         assert located(tmp_path/baseline).equals(located(out)) == same     # the option is applied, over simulation.json's camera
+
+def test_demo_report_is_complete_or_absent(tmp_path, monkeypatch):
+    "A demo that fails half-way leaves no report folder (only its hidden work folder, which the next run clears)."
+    import dl4smlm.demo as demo
+    def fail(*a, **kw): raise RuntimeError("simulated failure after training")
+    monkeypatch.setattr(demo, "simulate", fail)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        demo.run_demo(tmp_path/"report", epochs=1, samples_per_epoch=8, test_frames=2, device="cpu", progress=False, log=lambda *a: None)
+    assert not (tmp_path/"report").exists()
+    assert (tmp_path/".report.partial"/"model.pt").is_file()             # the work folder, hidden
+    monkeypatch.undo()
