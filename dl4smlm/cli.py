@@ -20,7 +20,7 @@ from .data import NORMALIZATIONS, find_training_data
 from .pretrained import bundled_models, describe
 from .train import LOSSES, CheckpointError, TrainingInterrupted, load_checkpoint, train_from_folder
 from .localize import render_gaussian
-from .predict import PREDICT_FILES, _save_rendering, predict_to_folder, stack_camera, stack_pixel_nm
+from .predict import PREDICT_FILES, _save_rendering, predict_to_folder, simulation_beside, stack_camera, stack_pixel_nm
 from .fit import SIGMA_GUESS_NM, fit_frames
 from .estimate import estimate_camera, estimate_simulation, read_simulation_config, write_estimate
 from .evaluate import assess, metrics_table, simulation_crlb
@@ -220,14 +220,9 @@ def _field(text):
     if not (w > 0 and h > 0): raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
     return (w, h)
 
-def _pixel_beside(path):
-    "The pixel size in the simulation.json beside a file (what `dl4smlm simulate` wrote), else None."
-    p = Path(path).parent / "simulation.json"
-    return (read_json(p).get("config") or {}).get("pixel_nm") if p.is_file() else None
-
 def _evaluate(args):
     "Run `dl4smlm evaluate` with parsed options."
-    gt, locs = (read_table(path, pixel_nm=args.pixel_nm or _pixel_beside(path)) for path in (args.ground_truth, args.localizations))
+    gt, locs = (read_table(path, pixel_nm=args.pixel_nm or simulation_beside(path).get("pixel_nm")) for path in (args.ground_truth, args.localizations))
     if gt.empty: raise ValueError(f"{args.ground_truth}: holds no localizations (only a header); expected the ground truth's rows")
     field, bound = _field_and_crlb(args.ground_truth, gt, args.field_nm)
     metrics = assess(gt, locs, field, tolerance_nm=args.tolerance_nm, border_nm=args.border_nm, method=args.method, crlb_nm=bound)
@@ -473,7 +468,7 @@ def _run(args):
     elif args.command == "export": return _export(args)
     elif args.command == "convert":
         out = convert(args.source, args.destination, args.src_format, args.dst_format,
-                      args.pixel_nm or _pixel_beside(args.source), args.overwrite)
+                      args.pixel_nm or simulation_beside(args.source).get("pixel_nm"), args.overwrite)
         print(f"wrote {out}")
     return 0
 
