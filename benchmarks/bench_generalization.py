@@ -60,10 +60,10 @@ def conditions(quick=False):
     return out
 
 
-def score(model, cfg, sim, h, threshold, radius, bias):
+def score(model, cfg, sim, h, threshold, radius, bias, refine_radius=None):
     "SMLM Challenge metrics of heat maps `h` localized with one setting."
     f = h.shape[-1] // cfg.width
-    locs = localize_heatmaps(h, f, cfg.pixel_nm, threshold=threshold, radius=radius)
+    locs = localize_heatmaps(h, f, cfg.pixel_nm, threshold=threshold, radius=radius, refine_radius=refine_radius)
     if bias is not None:
         locs["x [nm]"] -= bias[0]; locs["y [nm]"] -= bias[1]
     m = assess(sim.ground_truth, locs, (cfg.width * cfg.pixel_nm, cfg.height * cfg.pixel_nm), crlb_nm=simulation_crlb(sim.ground_truth, cfg))
@@ -81,11 +81,11 @@ def evaluate(models, tests, fixed=True):
             norm = model.normalizer
             if hasattr(norm, "with_camera"): norm = norm.with_camera(sim.camera.to_dict())   # the stack's own calibration
             h = heatmaps(model, norm, sim.frames)
-            settings = {"calibrated": (cal["threshold"], cal["radius"], cal["bias_nm"])} if cal else {}
+            settings = {"calibrated": (cal["threshold"], cal["radius"], cal["bias_nm"], cal.get("refine_radius"))} if cal else {}
             if fixed or not cal:
-                settings["fixed"] = (DEFAULT_THRESHOLD * _ideal_peak(ck["target"]) / _ideal_peak({"kind": "heatmap"}), 1, None)
-            for kind, (t, r, b) in settings.items():
-                rows.append({"model": label, "condition": name, "threshold": kind, **score(model, cfg, sim, h, t, r, b)})
+                settings["fixed"] = (DEFAULT_THRESHOLD * _ideal_peak(ck["target"]) / _ideal_peak({"kind": "heatmap"}), 1, None, None)
+            for kind, (t, r, b, rr) in settings.items():
+                rows.append({"model": label, "condition": name, "threshold": kind, **score(model, cfg, sim, h, t, r, b, rr)})
     return pd.DataFrame(rows)
 
 

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['CALIBRATION_DENSITIES', 'CALIBRATION_STRUCTURES', 'AnnotatedStack', 'calibration_stacks', 'heatmaps',
-           'default_thresholds', 'sweep', 'choose', 'calibrate', 'calibrate_checkpoint']
+           'default_thresholds', 'sweep', 'choose', 'refine_window', 'calibrate', 'calibrate_checkpoint']
 
 # %% ../nbs/07b_calibrate.ipynb #d926fdba
 import dataclasses
@@ -86,13 +86,14 @@ def default_thresholds(target:dict|None=None, # the checkpoint's target (its kin
 def sweep(model, normalizer, stacks:list, # `AnnotatedStack`s
           thresholds=None, # candidate thresholds (default `default_thresholds()`)
           radii=(1, 2, 3), # candidate windows (2r+1)² for peaks and centre of gravity, fine pixels
-          device="cpu", batch_size:int=8) -> pd.DataFrame: # one row per (stack, radius, threshold)
+          device="cpu", batch_size:int=8,
+          maps:list|None=None) -> pd.DataFrame: # the model's `heatmaps` of each stack, if computed already; one row per (stack, radius, threshold)
     """Score every (threshold, radius) on every stack with the SMLM Challenge metrics; the model runs once per stack. A setting that
     finds over ten times as many peaks as there are molecules is not matched (it is slow and hopeless) and scores 0."""
     thresholds = np.sort(np.asarray(default_thresholds() if thresholds is None else thresholds, np.float64))
     rows = []
-    for st in stacks:
-        h = heatmaps(model, normalizer, st.frames, device, batch_size)
+    for k, st in enumerate(stacks):
+        h = heatmaps(model, normalizer, st.frames, device, batch_size) if maps is None else maps[k]
         f = h.shape[-1] // st.frames.shape[-1]
         for r in radii:
             locs = localize_heatmaps(h, f, st.pixel_nm, threshold=float(thresholds[0]), radius=r)
@@ -124,16 +125,40 @@ def choose(table:pd.DataFrame) -> dict: # from `sweep`
             "per_stack": {s: float(j) for s, j in zip(best["stack"], best["jaccard_pct"].fillna(0.0))}}
 
 # %% ../nbs/07b_calibrate.ipynb #72803aa9
+def refine_window(model, normalizer, stacks:list, # `AnnotatedStack`s
+                  cal:dict, # from `choose`: its threshold and peak window stay as they are
+                  radii=(1, 2, 3), # candidate refinement windows (2r+1)², fine pixels
+                  device="cpu",
+                  maps:list|None=None) -> dict: # the model's `heatmaps` of each stack, if computed already; returns {'refine_radius', 'bias_nm', 'rmse_nm'}
+    """The centre-of-gravity window with the lowest RMSE over the stacks' matched molecules, with the peaks `cal` finds (so the
+    same molecules, the same Jaccard index), and the mean error (dx, dy) that goes with it."""
+    sums = {r: np.zeros(4) for r in radii}   # tp, Σ dx·tp, Σ dy·tp, Σ rmse²·tp
+    for k, st in enumerate(stacks):
+        h = heatmaps(model, normalizer, st.frames, device) if maps is None else maps[k]
+        f = h.shape[-1] // st.frames.shape[-1]
+        for r in radii:
+            locs = localize_heatmaps(h, f, st.pixel_nm, threshold=cal["threshold"], radius=cal["radius"], refine_radius=r)
+            m = assess(st.ground_truth, locs, st.field_nm)
+            if m["tp"]: sums[r] += m["tp"] * np.array([1.0, m["mean_dx_nm"], m["mean_dy_nm"], m["rmse_nm"] ** 2])
+    rmse = {r: math.sqrt(v[3] / v[0]) if v[0] else math.inf for r, v in sums.items()}
+    best = min(radii, key=lambda r: rmse[r])
+    tp = sums[best][0] or 1.0
+    return {"refine_radius": int(best), "bias_nm": [float(sums[best][1] / tp), float(sums[best][2] / tp)],
+            "rmse_nm": {int(r): float(v) for r, v in rmse.items()}}
+
 def calibrate(model, normalizer, stacks:list, thresholds=None, radii=(1, 2, 3), device="cpu") -> dict:
-    "`choose(sweep(...))`: the calibration to store with a model."
-    return choose(sweep(model, normalizer, stacks, thresholds, radii, device))
+    "`choose(sweep(...))` then `refine_window`: the calibration to store with a model (the model runs once per stack)."
+    maps = [heatmaps(model, normalizer, st.frames, device) for st in stacks]
+    cal = choose(sweep(model, normalizer, stacks, thresholds, radii, device, maps=maps))
+    cal.update(refine_window(model, normalizer, stacks, cal, device=device, maps=maps))
+    return cal
 
 def calibrate_checkpoint(path, # a checkpoint (or a bundled model's name)
                          stacks:list|None=None, # `AnnotatedStack`s; default: `calibration_stacks` of the checkpoint's simulation and ranges
                          out=None, # where to write the calibrated checkpoint; default: `path` itself
                          frames:int|None=None, # frames per simulated stack (see `calibration_stacks`)
                          device="cpu", seed:int=0) -> dict: # the calibration, as stored under 'calibration'
-    "Calibrate a checkpoint's detection and write it back with its 'calibration': threshold, radius, bias (nm) and what they were chosen on."
+    "Calibrate a checkpoint's detection and write it back with its 'calibration': threshold, windows, bias (nm) and what they were chosen on."
     ck = load_checkpoint(path)
     if stacks is None:
         if not ck.get("simulation"):

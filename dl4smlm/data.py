@@ -208,7 +208,7 @@ def _target_from_points(x, y, r0, c0, h, w, f, kind):
     ok = (cols >= 0) & (cols < W) & (rows >= 0) & (rows < H)
     spikes = np.zeros((H, W), np.float32)
     np.add.at(spikes, (rows[ok], cols[ok]), 1.0)
-    if kind == "spikes": return spikes
+    if kind == "spikes": return spikes * np.float32(HEATMAP["scale"])   # Deep-STORM's ×100: an L1 term would erase spikes of 1
     heat = render_heatmap(spikes, **HEATMAP)
     return heat[m * f:m * f + h * f, m * f:m * f + w * f]
 
@@ -287,6 +287,15 @@ class _Frames:
         if self._a is None and self.files is None: self._a = read_stack(self.path, check_finite=False)   # checked when first opened
 
 # %% ../nbs/04_data.ipynb #a49bcf03
+def _warn_faint_targets(targets, checked:int=16):
+    "Warn when user-supplied targets peak far below Deep-STORM's scale: every loss's L1 term would erase them."
+    peak = max(float(targets.read(i).max()) for i in range(min(checked, len(targets))))
+    if 0 < peak < 20:
+        warnings.warn(f"{targets.label}: the super-resolved targets peak at {peak:.3g}; the L1 term of every loss shrinks each "
+                      "molecule's spike by about 6 at λ = 1, so targets this faint are learned as nothing: scale them (Deep-STORM's "
+                      "spikes are 100 per molecule) or raise the loss's λ", stacklevel=3)
+
+
 class ImageDataset(Dataset):
     """Training pairs (normalised low-resolution frame, super-resolved target) as float32 tensors (1, h, w) and (1, f·h, f·w),
     from a stack of frames plus either a localization table (targets rendered on the fly) or the super-resolved images."""
@@ -334,6 +343,7 @@ class ImageDataset(Dataset):
             self._targets, self.target, self.pixel_nm = _Frames(targets, "targets"), "images", None
             self.upsampling = _pair_upsampling(self._frames, self._targets, upsampling)
             self.metadata["targets"] = self._targets.label
+            _warn_faint_targets(self._targets)
         self._stats = _scale_stats(self._frames)
         self.camera = None if camera is None else _camera(camera).to_dict()
         self.epoch, self.seed, self.max_tries = 0, int(seed), int(max_tries)

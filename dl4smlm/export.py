@@ -124,9 +124,10 @@ def _localization(ck):
     cal = ck.get("calibration") or {}
     threshold = cal.get("threshold", DEFAULT_THRESHOLD * _ideal_peak(ck["target"]) / _ideal_peak({"kind": "heatmap"}))
     return {"threshold": float(threshold), "radius": int(cal.get("radius", 1)), "method": "cog",
+            "refine_radius": int(cal.get("refine_radius") or cal.get("radius", 1)),
             "bias_nm": [float(v) for v in (cal.get("bias_nm") or (0.0, 0.0))], "calibrated": bool(cal),
             "rule": "peaks: local maxima > threshold in (2·radius+1)² windows of fine pixels (ties: the first in raster order); "
-                    "position: centre of gravity of the window's positive values; fine pixel (i, j) has its centre at "
+                    "position: centre of gravity of the positive values in a (2·refine_radius+1)² window around the peak; fine pixel (i, j) has its centre at "
                     "x = (j + 0.5)·q, y = (i + 0.5)·q nm with q = pixel_nm / upsampling; then bias_nm (dx, dy) is subtracted"}
 
 def _info(ck, source, formats, multiple, diffs, frames_shape):
@@ -221,7 +222,8 @@ def localize_exported(heatmaps, # (N, 1, f·H, f·W) or (N, f·H, f·W) output o
     info = read_export(info) if not isinstance(info, dict) else info
     loc = info["localization"]
     table = localize_heatmaps(torch.as_tensor(np.asarray(heatmaps, np.float32)), info["upsampling"], info["pixel_nm"],
-                              loc["threshold"], loc["radius"], loc["method"], first_frame=first_frame)
+                              loc["threshold"], loc["radius"], loc["method"], first_frame=first_frame,
+                              refine_radius=loc.get("refine_radius"))
     table["x [nm]"] -= loc["bias_nm"][0]
     table["y [nm]"] -= loc["bias_nm"][1]
     return table

@@ -25,11 +25,14 @@ from .simulate import gaussian_kernel
 from .train import resolve_device
 
 # %% ../nbs/06_localize.ipynb #b2ecd0ac
-DEFAULT_THRESHOLD = 5.0 # heat-map units: about 1/3 of the peak (15.9) of one molecule in the ideal Deep-STORM target
+# In the target's units: about 1/3 of one molecule's peak (15.9) in Deep-STORM's heat map. A network trained with L1L2
+# outputs near-spikes instead (their peaks sum to about 100 per molecule), for which this is a low threshold; the threshold
+# calibrated after training (`dl4smlm.calibrate`) replaces it, and is what checkpoints use.
+DEFAULT_THRESHOLD = 5.0
 
 def _ideal_peak(target):
-    "Peak of one isolated molecule in a training target: `scale`·G(0) for a heat map, 1 for spikes."
-    if target.get("kind") == "spikes": return 1.0
+    "Peak of one isolated molecule in a training target: `scale`·G(0) for a heat map, `scale` for spikes (1 in checkpoints before it was stored)."
+    if target.get("kind") == "spikes": return float(target.get("scale", 1.0))
     size, sigma = int(target.get("size", 7)), float(target.get("sigma_px", 1.0))
     return float(target.get("scale", 100.0)) * float(gaussian_kernel(size, sigma)[size // 2, size // 2])
 
@@ -85,7 +88,7 @@ def _parabola_vertex(m, r):
 def refine_peaks(heatmaps, # the (frames, H, W) heat maps the peaks were found in
                  frame, row, col, # peak positions, as returned by `find_peaks`
                  radius=1, # the window is (2·radius+1)² pixels around each peak (outside the map counts as 0)
-                 method="cog"): # "cog" (centre of gravity), "gaussian" (3-point Gaussian fit) or "none"
+                 method="cog"): # "cog" (centre of gravity), "gaussian" (3-point Gaussian fit) or "none" (the pixel; a plateau's centre)
     "Sub-pixel offsets (d_row, d_col) of peaks, in pixels, and their intensity (sum of the window's positive values)."
     if method not in REFINE_METHODS: raise ValueError(f"method: expected one of {REFINE_METHODS}, got {method!r}")
     r = _check_radius(radius)
@@ -94,8 +97,11 @@ def refine_peaks(heatmaps, # the (frames, H, W) heat maps the peaks were found i
     di, dj = _window_offsets(r, h.device)
     win = padded[frame[:, None], row[:, None] + r + di, col[:, None] + r + dj].clamp(min=0)  # (peaks, (2r+1)²)
     total = win.sum(1)
-    if method == "none" or len(win) == 0:
-        return torch.zeros_like(total), torch.zeros_like(total), total
+    if len(win) == 0: return torch.zeros_like(total), torch.zeros_like(total), total
+    if method == "none":   # the peak pixel; on a plateau of equal maxima, its centre (not the first pixel in raster order)
+        tied = (win == padded[frame, row + r, col + r][:, None]).float()
+        n = tied.sum(1).clamp(min=1)
+        return (tied * di).sum(1) / n, (tied * dj).sum(1) / n, total
     if method == "cog":
         safe = torch.where(total > 0, total, torch.ones_like(total))
         return (win * di).sum(1) / safe, (win * dj).sum(1) / safe, total
@@ -109,13 +115,14 @@ def localize_heatmaps(heatmaps, # (frames, f·H, f·W) super-resolved heat maps:
                       threshold=DEFAULT_THRESHOLD, # peaks must be > threshold (heat-map units)
                       radius=1, # local maxima and refinement in (2·radius+1)² windows
                       method="cog", # sub-pixel refinement: "cog", "gaussian" or "none"
-                      first_frame=1): # frame number of the first heat map (ThunderSTORM counts from 1)
+                      first_frame=1, # frame number of the first heat map (ThunderSTORM counts from 1)
+                      refine_radius=None): # refinement window (2·refine_radius+1)², larger than the peak's to hold a whole blob; None: `radius`
     "Localization table of heat maps: fine pixel (i, j) has its centre at x = (j + 0.5)·q, y = (i + 0.5)·q nm."
     if isinstance(upsampling, bool) or int(upsampling) != upsampling or upsampling < 1:
         raise ValueError(f"upsampling: expected an integer >= 1, got {upsampling!r}")
     h = _as_maps(heatmaps)
     b, i, j, v = find_peaks(h, threshold, radius)
-    di, dj, total = refine_peaks(h, b, i, j, radius, method)
+    di, dj, total = refine_peaks(h, b, i, j, radius if refine_radius is None else refine_radius, method)
     q = pixel_nm / upsampling
     cpu = lambda t: t.detach().cpu().numpy()
     return pd.DataFrame({"id": np.arange(1, len(b) + 1), "frame": cpu(b).astype(np.int64) + first_frame,
@@ -361,7 +368,7 @@ def _clock(seconds, key, t0, device):
     return t
 
 def _predict_batches(model, frames, normalize, pixel_nm, threshold, device, radius=1, method="cog", tile=None, overlap=16,
-                     batch_size=None, flip_average=False, bias_nm=None, progress=False, start=0, stop=None, seconds=None):
+                     batch_size=None, flip_average=False, bias_nm=None, progress=False, start=0, stop=None, seconds=None, refine_radius=None):
     "Yield (end frame, localizations with ids from 1, float64 sum of heat maps) for each batch of frames start..stop."
     n, (H, W) = _frame_shape(frames)
     stop = n if stop is None else stop
@@ -382,7 +389,7 @@ def _predict_batches(model, frames, normalize, pixel_nm, threshold, device, radi
                 t = _clock(seconds, "normalise", t, device)
                 y = tiled_forward(net, x, tile, overlap, batch_size)
                 t = _clock(seconds, "model", t, device)
-                table = localize_heatmaps(y, y.shape[-1] // W, pixel_nm, threshold, radius, method, first_frame=a + 1)
+                table = localize_heatmaps(y, y.shape[-1] // W, pixel_nm, threshold, radius, method, first_frame=a + 1, refine_radius=refine_radius)
                 if bias_nm is not None:
                     table["x [nm]"] -= float(bias_nm[0])
                     table["y [nm]"] -= float(bias_nm[1])
@@ -402,7 +409,8 @@ def predict(model, # a torch module mapping (B, 1, h, w) frames to (B, 1, f·h, 
             device="auto", # where the model runs (see `resolve_device`); the model is moved there
             flip_average=False, # average the model's outputs over the four flips of each frame (`FlipAverage`): 4× the time
             bias_nm=None, # (dx, dy) mean error measured on validation (`dl4smlm.calibrate`), subtracted from every position
-            progress=True): # show a progress bar (tqdm, on stderr)
+            progress=True, # show a progress bar (tqdm, on stderr)
+            refine_radius=None): # refinement window (2·refine_radius+1)²; None: `radius`
     "Localize every frame of a stack with `model`, streaming it in batches: a `Prediction`."
     if not (isinstance(pixel_nm, (int, float, np.number)) and math.isfinite(pixel_nm) and pixel_nm > 0):
         raise ValueError(f"pixel_nm: expected the camera pixel size in nm (> 0), got {pixel_nm!r}")
@@ -412,7 +420,7 @@ def predict(model, # a torch module mapping (B, 1, h, w) frames to (B, 1, f·h, 
     device, seconds = resolve_device(device), {}
     tables, total = [], None
     for _, table, s in _predict_batches(model, frames, normalize, pixel_nm, threshold, device, radius, method, tile, overlap,
-                                        batch_size, flip_average, bias_nm, progress, seconds=seconds):
+                                        batch_size, flip_average, bias_nm, progress, seconds=seconds, refine_radius=refine_radius):
         tables.append(table)
         total = s if total is None else total + s
     locs = pd.concat(tables, ignore_index=True)

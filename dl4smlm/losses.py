@@ -83,7 +83,7 @@ def emitter_weights(target: Tensor, emitter_weight: float | None = None, thresho
 
 
 class WeightedMSELoss(_SparseLoss):
-    "Mean of w·[(p − t)² + |p|/λ]; w up-weights the emitter pixels of the target (see `emitter_weights`)."
+    "mean(w·(p − t)²) + mean|p|/λ: w up-weights the emitter pixels of the target in the data term only (see `emitter_weights`)."
     def __init__(self,
                  lam: float = 1.0,  # weight of the data term relative to the sparsity term
                  emitter_weight: float | None = None,  # weight of emitter pixels; None: N_background / N_emitter
@@ -96,14 +96,11 @@ class WeightedMSELoss(_SparseLoss):
     def _error(self, prediction: Tensor, target: Tensor) -> Tensor: return (prediction - target).square()
 
     def data_term(self, prediction: Tensor, target: Tensor) -> Tensor:
-        "Mean of w·error."
+        "Mean of w·error; the sparsity term (mean|p|, inherited) is not weighted."
         return (emitter_weights(target, self.emitter_weight, self.threshold) * self._error(prediction, target)).mean()
-
-    def sparsity_term(self, prediction: Tensor, target: Tensor) -> Tensor:
-        "Mean of w·|p|."
-        return (emitter_weights(target, self.emitter_weight, self.threshold) * prediction.abs()).mean()
 
 
 class WeightedMAELoss(WeightedMSELoss):
-    "Mean of w·[|p − t| + |p|/λ]; w up-weights the emitter pixels of the target (see `emitter_weights`)."
+    "mean(w·|p − t|) + mean|p|/λ: w up-weights the emitter pixels of the target in the data term only (see `emitter_weights`)."
     def _error(self, prediction: Tensor, target: Tensor) -> Tensor: return (prediction - target).abs()
+

@@ -169,17 +169,15 @@ class SkipSTORM(DeepSTORM):
 
 # %% ../nbs/02_models.ipynb #6d4c03d2
 class USTORM(SMLMModel):
-    "U-STORM: a two-level U-Net on the nearest-upsampled frame, with skip connections (seed's design)."
+    "U-STORM: a two-level U-Net on the nearest-upsampled frame, with skip connections (seed's design, U-Net's last block)."
     name = "u-storm"
-    feature_names = ("upsampled", "stem", "enc1", "enc2", "bottleneck", "dec1", "output")
+    feature_names = ("upsampled", "stem", "enc1", "enc2", "bottleneck", "dec1", "dec0", "output")
 
     def __init__(self, upsampling: int = 8):
         super().__init__(_check_upsampling(upsampling, "USTORM"))
         self.stem, self.enc1, self.enc2 = _conv_bn_relu(1, 32), _conv_bn_relu(32, 64), _conv_bn_relu(64, 128)
         self.bottleneck, self.dec1 = _conv_bn_relu(128, 32), _conv_bn_relu(64 + 32, 16)
-        # the 1×1 output convolution over [stem, up(dec1)] (48 channels), split by input: see the text
-        self.head_stem, self.head_dec = nn.Conv2d(32, 1, 1, bias=False), nn.Conv2d(16, 1, 1, bias=False)
-        for head in (self.head_stem, self.head_dec): nn.init.uniform_(head.weight, -48 ** -0.5, 48 ** -0.5)
+        self.dec0, self.head = _conv_bn_relu(32 + 16, 16), nn.Conv2d(16, 1, 1, bias=False)
 
     def _run(self, x, taps):
         up = _keep(taps, "upsampled", _upsample(x, self.upsampling, "nearest"))
@@ -189,8 +187,9 @@ class USTORM(SMLMModel):
         y = F.max_pool2d(_keep(taps, "enc2", self.enc2(e1)), 2)
         y = _keep(taps, "bottleneck", self.bottleneck(y))
         y = _keep(taps, "dec1", self.dec1(torch.cat((e1, _upsample(y, 2)), 1)))
-        y = self.head_stem(stem) + _upsample(self.head_dec(y), 2)
-        return _keep(taps, "output", y[..., :size[0], :size[1]])
+        y = _keep(taps, "dec0", self.dec0(torch.cat((stem, _upsample(y, 2)), 1)))
+        return _keep(taps, "output", self.head(y)[..., :size[0], :size[1]])
+
 
 # %% ../nbs/02_models.ipynb #0da7c892
 class DRLSTORM(DeepSTORM):
@@ -211,27 +210,41 @@ class DRLSTORM(DeepSTORM):
 
 # %% ../nbs/02_models.ipynb #121d49e2
 class FIDSTORM(SMLMModel):
-    "FID-STORM (Zhou et al. 2023): 10 residual conv blocks on the camera frame, then log2(f) ×2 upsampling stages."
+    "FID-STORM (Zhou et al. 2023): `blocks` residual conv blocks of `width` channels on the camera frame, then log2(f) ×2 upsampling stages."
     name = "fid-storm"
 
-    def __init__(self, upsampling: int = 8, blocks: int = 10):
+    def __init__(self, upsampling: int = 8, blocks: int = 10,
+                 width: int = 64,  # channels of the body (the paper's 64); each upsampling stage halves them
+                 upsampler: str = "nearest"):  # 'nearest': the paper's ×2 stages; 'shuffle': one sub-pixel convolution on the camera grid
         super().__init__(_check_upsampling(upsampling, "FIDSTORM", power_of_two=True))
         stages = upsampling.bit_length() - 1
-        self.head = nn.Sequential(nn.Conv2d(1, 64, 3, padding=1, bias=False), nn.LeakyReLU(inplace=True))
-        self.body = nn.Sequential(*[nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64),
+        if isinstance(width, bool) or not isinstance(width, int) or width < 2 ** stages:
+            raise ValueError(f"FIDSTORM: width must be an integer >= {2 ** stages} (halved by each of the {stages} upsampling stages), got {width!r}")
+        if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 0:
+            raise ValueError(f"FIDSTORM: blocks must be an integer >= 0, got {blocks!r}")
+        self.head = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.LeakyReLU(inplace=True))
+        self.body = nn.Sequential(*[nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
                                                   nn.LeakyReLU(inplace=True)) for _ in range(blocks)])
-        channels = [64 >> i for i in range(stages)] + [1]
-        self.ups = nn.ModuleList(nn.Sequential(nn.Conv2d(a, b, 3, padding=1, bias=False), nn.LeakyReLU(inplace=True))
-                                 for a, b in zip(channels[:-1], channels[1:]))
-        self.feature_names = ("head", "body") + tuple(f"up{i + 1}" for i in range(stages - 1)) + ("output",)
+        if upsampler not in ("nearest", "shuffle"): raise ValueError(f"FIDSTORM: upsampler must be 'nearest' or 'shuffle', got {upsampler!r}")
+        self.upsampler = upsampler
+        if upsampler == "shuffle":   # f² channels on the camera grid, rearranged into the f× finer grid (ESPCN's sub-pixel convolution)
+            self.ups = nn.ModuleList([nn.Conv2d(width, upsampling ** 2, 3, padding=1, bias=False)])
+            self.feature_names = ("head", "body", "output")
+        else:
+            channels = [width >> i for i in range(stages)] + [1]
+            self.ups = nn.ModuleList(nn.Sequential(nn.Conv2d(a, b, 3, padding=1, bias=False), nn.LeakyReLU(inplace=True))
+                                     for a, b in zip(channels[:-1], channels[1:]))
+            self.feature_names = ("head", "body") + tuple(f"up{i + 1}" for i in range(stages - 1)) + ("output",)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 fan_out = m.out_channels * math.prod(m.kernel_size)
-                nn.init.normal_(m.weight, 0.0, 1e-3 if m.in_channels == 32 else math.sqrt(2 / fan_out))
+                small = m.in_channels == width // 2 or m.out_channels == upsampling ** 2 and upsampler == "shuffle"
+                nn.init.normal_(m.weight, 0.0, 1e-3 if small else math.sqrt(2 / fan_out))
 
     def _run(self, x, taps):
         y = _keep(taps, "head", self.head(x))
         y = _keep(taps, "body", y + self.body(y))
+        if self.upsampler == "shuffle": return _keep(taps, "output", F.leaky_relu(F.pixel_shuffle(self.ups[0](y), self.upsampling)))
         for name, stage in zip(self.feature_names[2:], self.ups):
             y = _keep(taps, name, stage(_upsample(y, 2)))
         return y

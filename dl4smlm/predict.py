@@ -8,10 +8,12 @@ __all__ = ['PREDICT_FILES', 'PIXEL_TOLERANCE', 'check_pixel_size', 'predict_chec
 
 # %% ../nbs/06c_predict.ipynb #9910c541
 import csv
+import ctypes
 import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -61,6 +63,7 @@ def _checkpoint_setup(checkpoint, frames, threshold, pixel_nm, device, camera, f
     if threshold is None:
         threshold = cal.get("threshold", DEFAULT_THRESHOLD * _ideal_peak(ck["target"]) / _ideal_peak({"kind": "heatmap"}))
     if kwargs.get("radius") is None: kwargs["radius"] = cal.get("radius", 1)
+    if kwargs.get("refine_radius") is None: kwargs["refine_radius"] = cal.get("refine_radius")
     if kwargs.get("bias_nm") is None and not kwargs.get("flip_average") and cal.get("bias_nm"): kwargs["bias_nm"] = cal["bias_nm"]
     normalizer = model.normalizer
     if camera is not None and isinstance(normalizer, PhotonNormalizer): normalizer = normalizer.with_camera(camera)
@@ -202,6 +205,13 @@ def _finish(work, out):
     for p in work.glob("part-*"): shutil.rmtree(p)
     move_into_place(work, out, reversed(PREDICT_FILES))
 
+def _release_freed_memory(threshold:int=8 << 20):
+    """Linux (glibc): allocations of `threshold` bytes and more — a batch's activations — are mapped and unmapped one by one
+    instead of being kept in the heap once freed, so a long run's memory does not creep up between batches (M_MMAP_THRESHOLD)."""
+    if not sys.platform.startswith("linux"): return
+    try: ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold))   # -3: M_MMAP_THRESHOLD; a no-op (returns 0) where unsupported
+    except (OSError, AttributeError): pass
+
 def predict_to_folder(checkpoint, # a .pt file written by dl4smlm.train
                       frames_path, # a TIFF stack (frames, height, width)
                       out_dir, # folder for PREDICT_FILES (created if needed; existing files are replaced)
@@ -220,6 +230,7 @@ def predict_to_folder(checkpoint, # a .pt file written by dl4smlm.train
                       **kwargs): # passed to `predict` (radius, method, tile, overlap)
     """Localize a TIFF stack with a checkpoint and write the table, the summed image and a rendering to `out_dir`, complete or not at all.
     Under `torchrun --nproc-per-node N` each process localizes a share of the frames; process 0 merges them and returns the `Prediction`, the others None."""
+    _release_freed_memory()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: is a file, expected a folder for {', '.join(PREDICT_FILES)}; choose another --out")

@@ -347,7 +347,7 @@ def load_model(path, # a checkpoint written by dl4smlm, or the name of a bundled
                               "--resume or train longer (unfinished=True loads it anyway)")
     model = _build_model(ck, str(path))
     model.normalizer = normalizer_from_dict(ck["normalizer"])
-    model.calibration, model.pixel_nm = ck.get("calibration"), ck.get("pixel_nm")
+    model.calibration, model.pixel_nm, model.loss = ck.get("calibration"), ck.get("pixel_nm"), ck.get("loss")
     return model.to(resolve_device(device)).eval()
 
 # %% ../nbs/05_train.ipynb #accee0fe
@@ -542,7 +542,7 @@ class Trainer:
         ck = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "dl4smlm_version": __version__,
               "torch_version": torch.__version__, "model": self.model_spec, "upsampling": self.upsampling, "state_dict": state,
               "normalizer": self.train_data.normalizer.to_dict(),
-              "target": {"kind": target, **HEATMAP} if target == "heatmap" else {"kind": target},
+              "target": {"kind": target, **HEATMAP} if target == "heatmap" else {"kind": target, "scale": HEATMAP["scale"]} if target == "spikes" else {"kind": target},
               "pixel_nm": meta.pop("pixel_nm", None), "simulation": meta.pop("simulation", None), "data": meta,
               "loss": self.loss_spec, "training": self.config.to_dict(), "history": self.history.to_dict(),
               "epoch": self.epoch, "best_epoch": self.history.best_epoch,

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from dl4smlm.calibrate import AnnotatedStack, calibration_stacks, choose, default_thresholds, sweep
+from dl4smlm.calibrate import AnnotatedStack, calibration_stacks, choose, default_thresholds, refine_window, sweep
 from dl4smlm.compare import OracleModel
 from dl4smlm.data import (Normalizer, PhotonNormalizer, SimulatedDataset, check_ranges, draw_config, normalizer_from_dict)
 from dl4smlm.evaluate import assess
-from dl4smlm.localize import DEFAULT_THRESHOLD, predict
+from dl4smlm.localize import DEFAULT_THRESHOLD, localize_heatmaps, predict
 from dl4smlm.predict import predict_checkpoint
 from dl4smlm.simulate import SimulationConfig, simulate
 from dl4smlm.train import load_checkpoint, load_model, save_checkpoint, train_from_folder
@@ -123,6 +123,37 @@ def test_calibration_measures_the_bias(stacks):
                    bias_nm=cal["bias_nm"])
     m = assess(sims[0].ground_truth, pred.localizations, (3200.0, 3200.0))
     assert abs(m["mean_dx_nm"]) < 3
+
+
+def _wide(sims, f=4, sigma_px=2.0):
+    "An oracle whose heat maps hold a Gaussian blob of σ = 2 fine px at each molecule's true position (not its pixel's centre)."
+    oracle = OracleModel(sims, upsampling=f)
+    maps = []
+    for sim in sims:
+        c = sim.config
+        q = c.pixel_nm / f
+        yy, xx = (np.mgrid[0:c.height * f, 0:c.width * f] + 0.5) * q
+        for k in range(len(sim.frames)):
+            g = sim.ground_truth[sim.ground_truth["frame"] == k + 1]
+            m = np.zeros(xx.shape, np.float32)
+            for x, y in zip(g["x [nm]"], g["y [nm]"]): m += 16 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * (sigma_px * q) ** 2))
+            maps.append(m)
+    oracle.maps = torch.from_numpy(np.stack(maps))
+    return oracle
+
+
+def test_refinement_window_is_chosen_on_its_own(stacks):
+    "Wide blobs: the 3 × 3 centre of gravity is pulled to pixel centres; refine_window picks a wider one, with the same peaks."
+    sims, st = (v[:1] for v in stacks)                                       # the sparse stack: neighbours do not reach into the window
+    model = oracle = _wide(sims)
+    cal = choose(sweep(model, oracle.normalizer, st, default_thresholds(), radii=(1,)))
+    win = refine_window(model, oracle.normalizer, st, cal)
+    assert win["refine_radius"] > 1 and win["rmse_nm"][win["refine_radius"]] < 0.8 * win["rmse_nm"][1], win
+    a = localize_heatmaps(model(oracle.normalizer(torch.as_tensor(sims[0].frames[:, None], dtype=torch.float32))).detach()[:, 0], 4, 100.0,
+                          threshold=cal["threshold"], radius=1, refine_radius=win["refine_radius"])
+    b = localize_heatmaps(model(oracle.normalizer(torch.as_tensor(sims[0].frames[:, None], dtype=torch.float32))).detach()[:, 0], 4, 100.0,
+                          threshold=cal["threshold"], radius=1)
+    assert len(a) == len(b) and not np.allclose(a["x [nm]"], b["x [nm]"])     # the same peaks, placed differently
 
 
 def test_calibration_stacks_cover_densities_and_structures():

@@ -1,5 +1,6 @@
 "Tests of dl4smlm.losses: hand-computed values, the kernel, the weights, λ's direction, bad input."
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -77,9 +78,9 @@ def test_weighted_hand_computed():
     w = torch.tensor([[[[1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]]])            # balanced: 5 background / 1 emitter
     assert_eq(emitter_weights(t), w)
     lam = 4.0
-    # per pixel: w·(err + |p|/λ)
-    mse = (1 * (1 + 1 / 4) + 5 * (1 + 1 / 4) + 1 * (4 + 2 / 4)) / 6
-    mae = (1 * (1 + 1 / 4) + 5 * (1 + 1 / 4) + 1 * (2 + 2 / 4)) / 6
+    # mean(w·err) + mean|p|/λ: the weights on the data term only
+    mse = (1 * 1 + 5 * 1 + 1 * 4) / 6 + (1 + 1 + 2) / 6 / 4
+    mae = (1 * 1 + 5 * 1 + 1 * 2) / 6 + (1 + 1 + 2) / 6 / 4
     assert_close(WeightedMSELoss(lam=lam)(p, t).item(), mse, eps=1e-6)
     assert_close(WeightedMAELoss(lam=lam)(p, t).item(), mae, eps=1e-6)
     assert_close(WeightedMSELoss(lam=math.inf, emitter_weight=2.0)(p, t).item(), (1 + 2 * 1 + 4) / 6, eps=1e-6)
@@ -102,12 +103,29 @@ def test_weights_change_the_loss_as_documented():
 
 
 def test_optimum_of_weighted_mse_is_the_soft_threshold():
-    "The gradient of the weighted MSE vanishes at p = max(t − 1/(2λ), 0) on the pixels where that is positive."
+    "The gradient of the weighted MSE vanishes at p = max(t − 1/(2λw), 0) on the pixels where that is positive."
     t = torch.zeros(1, 1, 8, 8); t[0, 0, 3, 3], t[0, 0, 5, 6], t[0, 0, 1, 1] = 4.0, 1.5, 0.2
-    for lam in (0.5, 2.0):
-        p = (t - 1 / (2 * lam)).clamp(min=0).requires_grad_(True)
-        WeightedMSELoss(lam=lam)(p, t).backward()
+    for lam, weight in ((0.5, None), (2.0, None), (0.5, 1.0), (0.2, 3.0)):
+        loss = WeightedMSELoss(lam=lam, emitter_weight=weight)
+        w = emitter_weights(t, weight)
+        p = (t - 1 / (2 * lam * w)).clamp(min=0).requires_grad_(True)
+        loss(p, t).backward()
         assert_close(p.grad[p.detach() > 0], torch.zeros(int((p.detach() > 0).sum())), eps=1e-6)
+
+
+@pytest.mark.parametrize("cls", [WeightedMSELoss, WeightedMAELoss])
+def test_weighted_losses_keep_emitters_at_the_default_lambda(cls):
+    "The perfect prediction beats all zeros at the default λ; an emitter pixel survives when w > 1/λ and not when w < 1/λ."
+    t = torch.zeros(1, 1, 16, 16); t[0, 0, 4, 4], t[0, 0, 10, 12] = 15.9, 6.0
+    assert cls()(t, t) < cls()(torch.zeros_like(t), t)
+    values = torch.linspace(0, 20, 201)
+    for lam, weight in ((1.0, 2.0), (0.25, 5.0), (1.0, 0.5), (0.25, 3.0)):
+        loss = cls(lam=lam, emitter_weight=weight)
+        costs = [loss(t.index_put((torch.tensor([0]), torch.tensor([0]), torch.tensor([4]), torch.tensor([4])), v), t).item() for v in values]
+        best = values[int(np.argmin(costs))].item()
+        shrink = 1 / (2 * lam * weight) if cls is WeightedMSELoss else 0.0
+        if weight > 1 / lam: assert abs(best - (15.9 - shrink)) < 0.11, (lam, weight, best)
+        else: assert best == 0.0 or cls is WeightedMSELoss, (lam, weight, best)
 
 
 def test_optimum_of_l1l2_for_one_spike():
@@ -170,3 +188,34 @@ def test_bad_input(cls):
 
 def test_repr_shows_lambda():
     assert "lam=0.5" in repr(L1L2Loss(lam=0.5)) and "lam=2" in repr(WeightedMAELoss(lam=2))
+
+
+def test_spike_targets_are_scaled_so_l1l2_keeps_their_peaks():
+    "Spike targets are Deep-STORM's ×100: an L1L2 model trained a few steps on them outputs clear peaks (spikes of 1 would be shrunk to 0)."
+    from dl4smlm.data import SimulatedDataset
+    from dl4smlm.models import FIDSTORM
+    from dl4smlm.simulate import SimulationConfig
+    from dl4smlm.train import make_loss
+    ds = SimulatedDataset(SimulationConfig(height=16, width=16, density=3.0), 16, upsampling=2, patch_size=8, target="spikes",
+                          min_emitters=1, seed=1)
+    x, y = (torch.stack(v) for v in zip(*[ds[k] for k in range(len(ds))]))
+    assert set(torch.unique(y).tolist()) <= {0.0, 100.0, 200.0}
+    torch.manual_seed(0)
+    model, loss = FIDSTORM(2, blocks=2, width=16), make_loss("l1l2", target="spikes")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(80):
+        value = loss(model(x), y)
+        opt.zero_grad(); value.backward(); opt.step()
+    with torch.no_grad(): out = model(x)
+    g = loss.blur(out)
+    assert out.max() > 10 and (g * (y > 0)).sum() > 0.3 * (loss.blur(y) * (y > 0)).sum(), (out.max().item(),)
+
+
+def test_faint_user_targets_warn():
+    from dl4smlm.data import ImageDataset
+    frames = np.random.default_rng(0).poisson(20, (4, 8, 8)).astype(np.float32)
+    faint = np.zeros((4, 32, 32), np.float32); faint[:, 10, 10] = 1.0
+    with pytest.warns(UserWarning, match="peak at 1; .*scale them"): ImageDataset(frames, faint, patch_size=8, min_emitters=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ImageDataset(frames, faint * 100, patch_size=8, min_emitters=0)

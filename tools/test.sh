@@ -22,7 +22,7 @@ unchanged nbs nbdev-clean
 echo "== 2/4 nbdev-export leaves dl4smlm/ unchanged (notebooks and package in sync)"
 unchanged dl4smlm nbdev-export
 echo "== 3/4 pytest"
-python -m pytest -n 2 "$@"   # two processes: the notebooks and CLI tests wait on subprocesses much of the time
+python -m pytest -n 2 --durations=15 "$@"   # two processes: the notebooks and CLI tests wait on subprocesses much of the time
 echo "== 4/4 the book (Jupyter Book, warnings are errors)"
 # Offline-complete: MathJax comes from npm once (cached in nbs/_vendor/, git-ignored) and is served
 # from the book's _static/; nbs/_ext/dl4smlm_book.py hides nbdev directives and folds exported code.
