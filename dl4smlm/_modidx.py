@@ -396,6 +396,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'dl4smlm.localize._pixel_integrals': ('localize.html#_pixel_integrals', 'dl4smlm/localize.py'),
                                   'dl4smlm.localize._positions': ('localize.html#_positions', 'dl4smlm/localize.py'),
                                   'dl4smlm.localize._predict_batches': ('localize.html#_predict_batches', 'dl4smlm/localize.py'),
+                                  'dl4smlm.localize._release_read_frames': ('localize.html#_release_read_frames', 'dl4smlm/localize.py'),
                                   'dl4smlm.localize._render_shape': ('localize.html#_render_shape', 'dl4smlm/localize.py'),
                                   'dl4smlm.localize._tile_starts': ('localize.html#_tile_starts', 'dl4smlm/localize.py'),
                                   'dl4smlm.localize._window_offsets': ('localize.html#_window_offsets', 'dl4smlm/localize.py'),

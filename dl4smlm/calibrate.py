@@ -87,7 +87,8 @@ def sweep(model, normalizer, stacks:list, # `AnnotatedStack`s
           thresholds=None, # candidate thresholds (default `default_thresholds()`)
           radii=(1, 2, 3), # candidate windows (2r+1)² for peaks and centre of gravity, fine pixels
           device="cpu", batch_size:int=8,
-          maps:list|None=None) -> pd.DataFrame: # the model's `heatmaps` of each stack, if computed already; one row per (stack, radius, threshold)
+          maps:list|None=None, # the model's `heatmaps` of each stack, if computed already
+         ) -> pd.DataFrame: # one row per (stack, radius, threshold)
     """Score every (threshold, radius) on every stack with the SMLM Challenge metrics; the model runs once per stack. A setting that
     finds over ten times as many peaks as there are molecules is not matched (it is slow and hopeless) and scores 0."""
     thresholds = np.sort(np.asarray(default_thresholds() if thresholds is None else thresholds, np.float64))
@@ -112,7 +113,8 @@ def sweep(model, normalizer, stacks:list, # `AnnotatedStack`s
     return table
 
 # %% ../nbs/07b_calibrate.ipynb #1c35e4b2
-def choose(table:pd.DataFrame) -> dict: # from `sweep`
+def choose(table:pd.DataFrame, # from `sweep`
+          ) -> dict:
     """The (threshold, radius) with the highest Jaccard index averaged over the stacks (every density counts the same), and the
     mean error (dx, dy) of its matched pairs: what `predict` subtracts."""
     jac = table.assign(jaccard_pct=table["jaccard_pct"].fillna(0.0)).groupby(["radius", "threshold"])["jaccard_pct"].mean()
@@ -129,7 +131,8 @@ def refine_window(model, normalizer, stacks:list, # `AnnotatedStack`s
                   cal:dict, # from `choose`: its threshold and peak window stay as they are
                   radii=(1, 2, 3), # candidate refinement windows (2r+1)², fine pixels
                   device="cpu",
-                  maps:list|None=None) -> dict: # the model's `heatmaps` of each stack, if computed already; returns {'refine_radius', 'bias_nm', 'rmse_nm'}
+                  maps:list|None=None, # the model's `heatmaps` of each stack, if computed already
+                 ) -> dict: # {'refine_radius', 'bias_nm', 'rmse_nm'}
     """The centre-of-gravity window with the lowest RMSE over the stacks' matched molecules, with the peaks `cal` finds (so the
     same molecules, the same Jaccard index), and the mean error (dx, dy) that goes with it."""
     sums = {r: np.zeros(4) for r in radii}   # tp, Σ dx·tp, Σ dy·tp, Σ rmse²·tp

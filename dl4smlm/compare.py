@@ -72,7 +72,8 @@ class MixedDensityDataset(Dataset):
                  seed:int|None=None, # default: config.seed
                  fixed:bool=False, # the same items every epoch (validation)
                  fit_frames:int=16, # frames per density simulated to fit the normalizer
-                 **kwargs): # passed to each `SimulatedDataset` (target, augment, max_tries)
+                 **kwargs, # passed to each `SimulatedDataset` (target, augment, max_tries)
+                ):
         self.densities = _check_densities(densities)
         n = len(self.densities)
         if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < n:
@@ -187,7 +188,8 @@ class OracleModel(nn.Module):
     def __init__(self,
                  simulations, # `Simulation`s (or {density: Simulation}) whose frames it will be shown
                  upsampling:int=8, # f of the heat maps
-                 normalizer:Normalizer|None=None): # the input transform `predict` applies; default fitted on the frames
+                 normalizer:Normalizer|None=None, # the input transform `predict` applies; default fitted on the frames
+                ):
         super().__init__()
         sims = list(simulations.values()) if isinstance(simulations, dict) else list(simulations)
         if not sims or not all(isinstance(s, Simulation) for s in sims):
@@ -217,7 +219,7 @@ RECIPES = {   # how each model is trained when `compare_models(recipe=...)` trai
     "published": {   # each as its authors trained it, as far as they said; the input is min–max for all (as they used)
         "srcnn": {**_MSE, "lr": 1e-4, "what": "MSE, lr 1e-4 (Dong et al. 2016; Adam here, not SGD)"},
         "deep-storm": _DEEP_STORM,
-        "skip-storm": {**_DEEP_STORM, "what": "Deep-STORM's: " + _DEEP_STORM["what"]},      # the seed's models, built on Deep-STORM
+        "skip-storm": {**_DEEP_STORM, "what": "Deep-STORM's: " + _DEEP_STORM["what"]},      # from the DL4SMLM notebooks, built on Deep-STORM
         "u-storm": {**_DEEP_STORM, "what": "Deep-STORM's: " + _DEEP_STORM["what"]},
         "drl-storm": {**_DEEP_STORM, "what": "Deep-STORM's: " + _DEEP_STORM["what"]},      # no code published; its base network's
         "fid-storm": {**_MSE, "lr": 1e-4, "what": "MSE on the heat map, Adam 1e-4 (Zhou et al. 2023, public code)"}}}
@@ -365,7 +367,7 @@ def plot_comparison(table:pd.DataFrame, # from `compare_models` or `score_model`
     if missing: raise ValueError(f"table: expected columns {['model', 'density', *metrics]}, missing {missing}")
     if axes is None:
         import matplotlib.pyplot as plt                                   # imported here: the rest of the module needs no plotting
-        fig, axes = plt.subplots(1, len(metrics), figsize=(min(12, 4 * len(metrics)), 3.4), dpi=72, layout="constrained", squeeze=False)
+        fig, axes = plt.subplots(1, len(metrics), figsize=(min(10.5, 3.5 * len(metrics)), 2.9), dpi=100, layout="constrained", squeeze=False)
         axes = axes[0]
     fig = axes[0].figure
     for name, rows in table.groupby("model", sort=False):

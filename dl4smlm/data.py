@@ -62,7 +62,9 @@ class Normalizer:
         if not self.std > 0: raise ValueError(f"Normalizer.std: expected a standard deviation > 0, got {self.std!r}")
 
     @classmethod
-    def fit(cls, frames) -> "Normalizer": # (frames, height, width): an array, a memory-mapped or lazy stack
+    def fit(cls,
+            frames, # (frames, height, width): an array, a memory-mapped or lazy stack
+           ) -> "Normalizer":
         "The statistics of `frames`, read a block at a time."
         if getattr(frames, "ndim", None) != 3 or 0 in frames.shape:
             raise ValueError(f"frames: expected a (frames, height, width) stack with at least one frame, got shape {getattr(frames, 'shape', None)}")
@@ -124,7 +126,8 @@ class PhotonNormalizer:
 
     @classmethod
     def fit(cls, frames, # (frames, height, width) ADU: an array, a memory-mapped or lazy stack
-            camera) -> "PhotonNormalizer": # the camera that recorded them (a `Camera` or its dict)
+            camera, # the camera that recorded them (a `Camera` or its dict)
+           ) -> "PhotonNormalizer":
         "The photon statistics of `frames`, read a block at a time."
         if getattr(frames, "ndim", None) != 3 or 0 in frames.shape:
             raise ValueError(f"frames: expected a (frames, height, width) stack with at least one frame, got shape {getattr(frames, 'shape', None)}")
@@ -501,7 +504,8 @@ def split_frames(n:int, # number of frames
     return np.sort(perm[n_va + n_te:]), np.sort(perm[:n_va]), np.sort(perm[n_va:n_va + n_te])
 
 # %% ../nbs/04_data.ipynb #809d623d
-def find_training_data(data_dir) -> dict: # a folder
+def find_training_data(data_dir, # a folder
+                      ) -> dict:
     """The files of a training folder: `frames.tif`, `ground_truth.csv` and `simulation.json` as `dl4smlm simulate` writes them,
     else its only TIFF stack and only CSV table. Returns {'frames', 'localizations', 'simulation' (or None)}."""
     d = Path(data_dir)
@@ -521,7 +525,8 @@ def find_training_data(data_dir) -> dict: # a folder
 # %% ../nbs/04_data.ipynb #7f93eeb6
 RANGES = {"density": "log", "photons": "log", "background": "log", "sigma_nm": "linear"}   # what can be a range, and how it is drawn
 
-def check_ranges(ranges) -> dict: # {name: (low, high)} for names in `RANGES`; None: no ranges
+def check_ranges(ranges, # {name: (low, high)} for names in `RANGES`; None: no ranges
+                ) -> dict:
     "Parameter ranges as {name: (low, high)} floats, low ≤ high, with a clear error for anything else."
     if ranges is None: return {}
     if not isinstance(ranges, dict): raise ValueError(f"ranges: expected {{name: (low, high)}}, got {ranges!r}")

@@ -48,7 +48,8 @@ class HintRegressor(nn.Module):
                  teacher_channels:int, # C_T, channels of the hint map
                  scale:float=1, # hint side / guided side: an integer s (depth-to-space) or 1/s (space-to-depth)
                  kernel_size:int=1, # k, odd: 1 (FitNets' minimum) or 3
-                 relu:bool=False): # end with a ReLU, for a hint map that follows a ReLU
+                 relu:bool=False, # end with a ReLU, for a hint map that follows a ReLU
+                ):
         super().__init__()
         cs, ct = _check_int("student_channels", student_channels), _check_int("teacher_channels", teacher_channels)
         k = _check_int("kernel_size", kernel_size)
@@ -145,7 +146,8 @@ def _one_molecule(p) -> Tensor:
 
 def relative_error(prediction:Tensor, # p, (B, 1, H, W)
                    target:Tensor, # y, (B, 1, H, W), in Deep-STORM's units (100 per molecule)
-                   distance="l1l2") -> Tensor: # 'l1l2', 'mse' (or None) or an `L1L2Loss`
+                   distance="l1l2", # 'l1l2', 'mse' (or None) or an `L1L2Loss`
+                  ) -> Tensor:
     """Per-sample error of `prediction` relative to the size of both maps, D(p, y) / (D(0, y) + D(p, 0) + D₁), (B,): 0 is perfect;
     missing k of n molecules gives k/(2n − k + 1); D₁, one molecule's worth, keeps faint noise on an empty patch from counting as all wrong."""
     dist = distance if distance is None or isinstance(distance, L1L2Loss) else _distance(distance)   # None: the MSE
@@ -157,7 +159,8 @@ def relative_error(prediction:Tensor, # p, (B, 1, H, W)
 def teacher_confidence(teacher_prediction:Tensor, # p_T, (B, 1, H, W)
                        target:Tensor, # y, (B, 1, H, W); NaN for samples without a label (their Φ is 1)
                        eta:float, # η = max − min of the teacher's relative errors on the training set (`attention_eta`)
-                       distance="l1l2") -> Tensor: # 'l1l2', 'mse' or an `L1L2Loss`, as used for η
+                       distance="l1l2", # 'l1l2', 'mse' or an `L1L2Loss`, as used for η
+                      ) -> Tensor:
     "Saputra et al.'s Φᵢ = 1 − eᵢ / η for each sample, with eᵢ the teacher's `relative_error`, clamped to [0, 1]: shape (B,), no gradient."
     if teacher_prediction.shape != target.shape or teacher_prediction.ndim != 4:
         raise ValueError(f"teacher_confidence: expected teacher predictions and targets of the same (B, 1, H, W) shape, got "
@@ -209,7 +212,8 @@ def _hint_distance(regressed, hint):
 
 def hint_loss(regressed:Tensor, # r(v_g(x)), the student's guided map through the regressor, (B, C, H, W)
               hint:Tensor, # u_h(x), the teacher's hint map, same shape
-              confidence:Tensor|None=None) -> Tensor: # Φ, (B,): the attentive hint loss; None: all 1 (FitNets)
+              confidence:Tensor|None=None, # Φ, (B,): the attentive hint loss; None: all 1 (FitNets)
+             ) -> Tensor:
     "FitNets' hint loss, ½‖u_h − r(v_g)‖² as a mean over each map, averaged over the batch with the weights Φ."
     d = _hint_distance(regressed, hint)
     return d.mean() if confidence is None else (confidence.to(d) * d).mean()
@@ -370,8 +374,10 @@ def hint_training(student, # the student: an `SMLMModel` or a model name (built 
                   eta:float|None=None, # η; None: from the teacher's errors on `train_data` (when attentive)
                   distance=None, # the distance of Φ and η: 'l1l2', 'mse', an `L1L2Loss`; None: the teacher's own loss
                   kernel_size:int=1, # the regressor's convolution, 1 or 3
-                  **settings) -> DistillResult: # `TrainConfig` fields for both stages: batch_size, lr, device, seed, progress, …
-    "FitNets: stage 1 trains the student up to `guided` to predict the teacher's `hint` through a `HintRegressor`; stage 2 trains the whole student on `loss`."
+                  **settings
+                 ) -> DistillResult: # the student (best validation weights), one `History` per stage, η
+    """FitNets: stage 1 trains the student up to `guided` to predict the teacher's `hint` through a `HintRegressor`; stage 2 trains the whole student on `loss`.
+    `settings` are `TrainConfig` fields for both stages: batch_size, lr, device, seed, progress, …"""
     epochs, hint_epochs = _check_int("epochs", epochs, 0), _check_int("hint_epochs", hint_epochs)
     _one_process()
     seed = int(settings.get("seed", 0))
@@ -402,7 +408,8 @@ class AttentiveImitationLoss(nn.Module):
     def __init__(self,
                  eta:float, # η, the spread of the teacher's relative errors on the training set (`attention_eta`)
                  alpha:float=0.5, # weight of the ground truth against the teacher, in [0, 1]
-                 distance="l1l2"): # 'l1l2' (dl4smlm's loss), 'mse' (the paper's) or an `L1L2Loss` (its blur and λ)
+                 distance="l1l2", # 'l1l2' (dl4smlm's loss), 'mse' (the paper's) or an `L1L2Loss` (its blur and λ)
+                ):
         super().__init__()
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
             raise ValueError(f"alpha: expected a weight in [0, 1], got {alpha!r}")
@@ -415,7 +422,8 @@ class AttentiveImitationLoss(nn.Module):
 
     def forward(self, prediction:Tensor, # p_S (B, 1, H, W); or (B, 2, H, W) = [p_S, p_T] when `teacher_prediction` is None
                 target:Tensor, # y, (B, 1, H, W)
-                teacher_prediction:Tensor|None=None) -> Tensor: # p_T, (B, 1, H, W)
+                teacher_prediction:Tensor|None=None, # p_T, (B, 1, H, W)
+               ) -> Tensor:
         "The loss of a batch."
         if teacher_prediction is None:
             if prediction.ndim != 4 or prediction.shape[1] != 2:
@@ -452,8 +460,10 @@ def knowledge_transfer(student, # the student: an `SMLMModel` or a model name (b
                        alpha:float=0.5, # weight of the ground truth against the teacher, in [0, 1]
                        eta:float|None=None, # η; None: from the teacher's errors on `train_data`, computed once here
                        distance=None, # 'l1l2', 'mse' (the paper's), an `L1L2Loss`; None: the teacher's own loss
-                       **settings) -> DistillResult: # `TrainConfig` fields: batch_size, lr, device, seed, progress, …
-    "Train the student with the attentive imitation loss (Saputra et al. 2019) against the ground truth and the frozen teacher."
+                       **settings
+                      ) -> DistillResult: # the student (best validation weights), its `History`, η
+    """Train the student with the attentive imitation loss (Saputra et al. 2019) against the ground truth and the frozen teacher.
+    `settings` are `TrainConfig` fields: batch_size, lr, device, seed, progress, …"""
     epochs, seed = _check_int("epochs", epochs), int(settings.get("seed", 0))
     _one_process()
     student = _student(student, train_data, seed)
@@ -471,7 +481,8 @@ def save_student(result:DistillResult, # what `hint_training` or `knowledge_tran
                  path, # the .pt file to write
                  train_data, # the data the student was trained on (its normalizer, pixel size and simulation are stored)
                  model_kwargs:dict|None=None, # the student's constructor arguments, if not its defaults (so `load_model` rebuilds it)
-                 overwrite:bool=False): # replace an existing file
+                 overwrite:bool=False, # replace an existing file
+                ):
     """Write the distilled student as a dl4smlm checkpoint that `load_model` and `dl4smlm predict` read; returns its path.
     How it was distilled (stages, η, distance) is stored under 'distillation', with the hint regressor's weights (`load_hint_regressor`)."""
     path = Path(path)

@@ -39,7 +39,8 @@ def _field(field_nm):
 
 def exclude_border(table, # a table with "frame", "x [nm]", "y [nm]"
                    field_nm, # (width, height) of the field in nm
-                   border_nm=450.0): # rows closer than this to an edge are dropped
+                   border_nm=450.0, # rows closer than this to an edge are dropped
+                  ):
     "The rows of `table` at least `border_nm` from every edge of the field (index labels kept)."
     w, h = _field(field_nm)
     if not border_nm >= 0: raise ValueError(f"border_nm: expected a distance >= 0 nm, got {border_nm!r}")
@@ -108,7 +109,8 @@ MATCH_METHODS = ("greedy", "hungarian")
 def match_localizations(ground_truth, # table with "frame", "x [nm]", "y [nm]"
                         localizations, # table with "frame", "x [nm]", "y [nm]"
                         tolerance_nm=250.0, # pairs at most this far apart (≤) can match
-                        method="greedy"): # "greedy" (SMLM Challenge 2016) or "hungarian"
+                        method="greedy", # "greedy" (SMLM Challenge 2016) or "hungarian"
+                       ):
     "Matched pairs, one row each: frame, the rows' index labels (`truth`, `localization`), positions, dx = x − x_true, dy, distance."
     if method not in MATCH_METHODS: raise ValueError(f"method: expected one of {MATCH_METHODS}, got {method!r}")
     if not tolerance_nm > 0: raise ValueError(f"tolerance_nm: expected a distance > 0 nm, got {tolerance_nm!r}")
@@ -128,7 +130,8 @@ def match_localizations(ground_truth, # table with "frame", "x [nm]", "y [nm]"
 # %% ../nbs/07_evaluate.ipynb #838d2a68
 def efficiency(jaccard_pct, # Jaccard index, %
                rmse_nm, # lateral RMSE, nm
-               alpha=1.0): # weight of the RMSE, nm⁻¹
+               alpha=1.0, # weight of the RMSE, nm⁻¹
+              ):
     "SMLM Challenge 2016 efficiency, %: 100 − √((100 − JI)² + (α·RMSE)²)."
     return 100.0 - math.sqrt((100.0 - jaccard_pct) ** 2 + (alpha * rmse_nm) ** 2)
 
@@ -153,7 +156,8 @@ def assess(ground_truth, # table with "frame", "x [nm]", "y [nm]" (ThunderSTORM 
            tolerance_nm=250.0, # the largest distance of a matched pair
            border_nm=450.0, # points closer than this to an edge are left out
            method="greedy", # "greedy" (the challenge's) or "hungarian"
-           crlb_nm=None): # per-axis CRLB of each ground-truth row (number, array, or a column name); adds the bound
+           crlb_nm=None, # per-axis CRLB of each ground-truth row (number, array, or a column name); adds the bound
+          ):
     "The SMLM Challenge 2016 metrics as a JSON-serialisable dict (undefined values are None)."
     for table, name in ((ground_truth, "ground_truth"), (localizations, "localizations")): _columns(table, name)   # errors name the table
     gt = ground_truth.reset_index(drop=True)
@@ -177,7 +181,8 @@ def assess(ground_truth, # table with "frame", "x [nm]", "y [nm]" (ThunderSTORM 
         out["rmse_over_crlb"] = rmse / bound if tp and bound else None
     return out
 
-def metrics_table(metrics:dict) -> str: # from `assess`
+def metrics_table(metrics:dict, # from `assess`
+                 ) -> str:
     "The metrics of `assess` as a readable two-column table."
     rows = [(k, "—" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)) for k, v in metrics.items()]
     width = max(len(k) for k, _ in rows)
@@ -188,7 +193,8 @@ def ground_truth_crlb(ground_truth, # table with "intensity [photon]" and "sigma
                       background, # background photons per pixel (one number, or one per row)
                       pixel_nm=100.0, # camera pixel size
                       excess_noise=1.0, # F²: 2 for an EMCCD
-                      qe=1.0): # quantum efficiency: the detected fraction of the photons
+                      qe=1.0, # quantum efficiency: the detected fraction of the photons
+                     ):
     "Per-axis CRLB (nm) of every ground-truth molecule, float64 array (one per row)."
     missing = [c for c in ("intensity [photon]", "sigma [nm]") if c not in ground_truth]
     if missing: raise ValueError(f"ground_truth: expected columns 'intensity [photon]' and 'sigma [nm]', missing {missing}")
@@ -203,7 +209,8 @@ def ground_truth_crlb(ground_truth, # table with "intensity [photon]" and "sigma
     return out
 
 def simulation_crlb(ground_truth, # the ground truth of a simulation
-                    config): # its `SimulationConfig` (e.g. from `dl4smlm.io.load_simulation`)
+                    config, # its `SimulationConfig` (e.g. from `dl4smlm.io.load_simulation`)
+                   ):
     "Per-axis CRLB (nm) of every molecule of a simulation: the background at its pixel, the camera's QE and excess noise."
     bg = background_map(config.height, config.width, config.background, config.background_profile, config.background_corner)
     x, y = (ground_truth[c].to_numpy(np.float64) / config.pixel_nm for c in ("x [nm]", "y [nm]"))

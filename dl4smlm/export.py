@@ -38,7 +38,8 @@ TOLERANCE = 1e-4 # max |exported − PyTorch| / max(1, max |PyTorch|): a heat ma
 _FINE_MULTIPLE = {"deep-storm": 8, "skip-storm": 8, "drl-storm": 8, "u-storm": 4}   # the fine grid is pooled 3× (8) or 2× (4)
 
 def size_multiple(model_name:str, # a model name (`list_models()`)
-                  upsampling:int) -> int: # f
+                  upsampling:int, # f
+                 ) -> int:
     "Frame sides the exported graph accepts are multiples of this (camera pixels): the f·H fine pixels must survive the model's poolings without padding."
     fine = _FINE_MULTIPLE.get(model_name, 1)
     return fine // math.gcd(fine, int(upsampling))
@@ -46,7 +47,8 @@ def size_multiple(model_name:str, # a model name (`list_models()`)
 class FramesToHeatmap(nn.Module):
     "Raw camera frames (N, 1, H, W) in ADU → heat maps (N, 1, f·H, f·W): the checkpoint's input transform, then the network."
     def __init__(self, model:nn.Module, # a trained model (eval mode)
-                 normalizer): # its input transform: `PhotonNormalizer` or Deep-STORM's min–max `Normalizer`
+                 normalizer, # its input transform: `PhotonNormalizer` or Deep-STORM's min–max `Normalizer`
+                ):
         super().__init__()
         if not isinstance(normalizer, (PhotonNormalizer, Normalizer)):
             raise ValueError(f"normalizer: expected a PhotonNormalizer or a min–max Normalizer, got {type(normalizer).__name__}")
@@ -161,7 +163,8 @@ def export_checkpoint(ckpt, # a checkpoint written by dl4smlm.train, or a bundle
                       formats=EXPORT_FORMATS, # 'torchscript', 'onnx' or both
                       bioimageio:bool=False, # also write a BioImage Model Zoo package in out_dir/bioimageio (validated offline)
                       sample_frames=None, # (N, H, W) ADU frames to verify on; None: 4 frames simulated with the checkpoint's camera
-                      overwrite:bool=False) -> dict: # replace an existing out_dir
+                      overwrite:bool=False, # replace an existing out_dir
+                     ) -> dict:
     """Write the checkpoint's input transform and network as one graph (raw ADU frames → heat map) in each format, check each file
     against PyTorch on sample frames, and write dl4smlm.json (how to localize the output). All or nothing: a failure leaves no folder."""
     out = Path(out_dir)
@@ -217,7 +220,8 @@ def read_export(out_dir) -> dict: # a folder written by `export_checkpoint`
 
 def localize_exported(heatmaps, # (N, 1, f·H, f·W) or (N, f·H, f·W) output of the exported graph
                       info, # `read_export(out_dir)`, or the folder
-                      first_frame:int=1) -> pd.DataFrame: # frame number of the first heat map
+                      first_frame:int=1, # frame number of the first heat map
+                     ) -> pd.DataFrame:
     "Localizations from an exported model's heat maps, exactly as dl4smlm predict makes them (threshold, window, centre of gravity, bias)."
     info = read_export(info) if not isinstance(info, dict) else info
     loc = info["localization"]

@@ -405,7 +405,8 @@ _READERS = {"thunderstorm": _read_thunderstorm, "picasso": _read_picasso, "decod
 
 def read_table(path, # a localization file in one of `FORMATS`
                fmt:str|None=None, # its format; None: `detect_format`
-               pixel_nm=None) -> pd.DataFrame: # camera pixel size in nm, for files in px that do not state it
+               pixel_nm=None, # camera pixel size in nm, for files in px that do not state it
+              ) -> pd.DataFrame:
     "A localization table in dl4smlm's columns (frames from 1, nm, pixel centres at (i + ½)·pixel); `df.attrs` says how it was mapped."
     path = Path(path)
     _check_file(path, "a localization table")
@@ -425,7 +426,8 @@ def write_table(df:pd.DataFrame, # localizations in dl4smlm's columns (or the na
                 fmt:str|None=None, # one of `FORMATS`; None: from the extension (`detect_format(..., for_writing=True)`)
                 pixel_nm=None, # camera pixel size in nm (Picasso and DECODE store px); default df.attrs['pixel_nm']
                 frame_shape=None, # (height, width) in pixels for Picasso's .yaml; default df.attrs or the extent of the data
-                overwrite=False) -> Path: # replace existing files
+                overwrite=False, # replace existing files
+               ) -> Path:
     "Write a localization table in another tool's format, atomically; refuses to replace a file unless `overwrite`."
     path = Path(path)
     fmt = _check_format(fmt, "fmt") if fmt is not None else detect_format(path, for_writing=True)
@@ -451,7 +453,8 @@ def convert(src, # a localization file in one of `FORMATS`
             src_format:str|None=None, # None: `detect_format(src)`
             dst_format:str|None=None, # None: from dst's extension
             pixel_nm=None, # camera pixel size in nm, when neither the source nor the output can do without one
-            overwrite=False) -> Path: # replace dst if it exists
+            overwrite=False, # replace dst if it exists
+           ) -> Path:
     "Convert a localization file to another tool's format (through `read_table` and `write_table`); returns dst."
     src, dst = Path(src), Path(dst)
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():

@@ -54,8 +54,9 @@ def _fsync_folder(folder):
 @contextlib.contextmanager
 def atomic_write(path, # the file to create or replace
                  mode="wb", # "wb" (bytes) or "w"/"wt" (text, UTF-8 unless `encoding` is given)
-                 **open_kwargs): # passed on to `open`, e.g. `newline=""`
-    "Write `path` all at once: yield a temporary file in the same folder, `os.replace` it over `path` on success, delete it on error."
+                 **open_kwargs, # passed on to `open`, e.g. `newline=""`
+                ):
+    "Write `path` all at once: yield a temporary file in the same folder, `os.replace` it over `path` on success, delete it on error; `open_kwargs` go to `open`."
     path = Path(path)
     if mode not in _WRITE_MODES:
         raise ValueError(f"{path}: atomic_write mode must be 'wb', 'w' or 'wt', got {mode!r}")
@@ -85,7 +86,8 @@ def _json_default(o):
 
 def write_json(path, # the .json file to create or replace
                obj, # dicts, lists, str, numbers, bool, None; numpy scalars and arrays are converted
-               indent=2):
+               indent=2, # spaces per nesting level
+              ):
     "Write `obj` to `path` as strict JSON (no NaN), atomically."
     with atomic_write(path, "w") as f:
         try: json.dump(obj, f, indent=indent, default=_json_default, allow_nan=False)
@@ -94,20 +96,23 @@ def write_json(path, # the .json file to create or replace
 
 def check_free(out_dir, # the folder that outputs go to
                names, # the files (or folders) in it that a job writes
-               overwrite=False): # allow replacing them
+               overwrite=False, # allow replacing them
+              ):
     "Refuse, before any work is done, to replace a job's existing outputs unless asked to."
     taken = [n for n in names if (Path(out_dir) / n).exists()]
     if taken and not overwrite:
         raise FileExistsError(f"{out_dir}: already holds {', '.join(taken)}; choose another folder or pass --overwrite")
 
-def partial_folder(out_dir): # the folder a job's outputs go to
+def partial_folder(out_dir, # the folder a job's outputs go to
+                  ):
     "Where a multi-file output is built until it is complete: a hidden folder beside `out_dir` (a killed run leaves only that)."
     out = Path(out_dir).resolve()
     return out.parent / f".{out.name}.partial"
 
 def move_into_place(work, # a complete output, built in `partial_folder(out_dir)`
                     out_dir, # where it belongs
-                    names): # its files and folders, the one that marks it complete last
+                    names, # its files and folders, the one that marks it complete last
+                   ):
     "Move a complete output into place: one rename when `out_dir` is new, else its entries one by one (replacing old ones), then remove `work`."
     work, out = Path(work), Path(out_dir)
     if not out.exists(): os.replace(work, out); return
@@ -178,7 +183,8 @@ def _write_checked_stack(path, a, pixel_nm, compression):
 def write_stack(path, # the .tif file to create or replace
                 frames, # (frames, height, width); uint16 and float32 are written as they are
                 pixel_nm=None, # camera pixel size, stored as the ImageJ calibration (µm)
-                compression=None): # e.g. "zlib": smaller files, read back lazily instead of memory-mapped
+                compression=None, # e.g. "zlib": smaller files, read back lazily instead of memory-mapped
+               ):
     "Write a stack as an ImageJ hyperstack TIFF, atomically; other integer types become uint16, other floats float32."
     path = Path(path)
     if pixel_nm is not None and not pixel_nm > 0:
@@ -266,7 +272,8 @@ def _warn_extra_series(tif, path):
 def read_stack(path, # TIFF file holding (frames, height, width) grey frames
                mmap=True, # memory-map when possible, else decode frames lazily; False reads all into memory
                allow_single_frame=False, # read a 2-D image as one frame of shape (1, height, width)
-               check_finite=True): # refuse float stacks that contain NaN or infinite values
+               check_finite=True, # refuse float stacks that contain NaN or infinite values
+              ):
     "Read a TIFF stack: an `np.memmap`, a `LazyTiffStack` or (with `mmap=False`) an in-memory array."
     path = Path(path)
     _check_file(path, "a TIFF stack")
@@ -299,7 +306,8 @@ def _close_all(files):
 class LazyTiffStack:
     "A (frames, height, width) TIFF stack that decodes frames only when they are indexed (also BigTIFF, multi-file OME-TIFF series)."
     def __init__(self, path, # a TIFF file holding one stack of grey frames
-                 check_finite=True): # raise when a decoded float frame holds NaN or inf
+                 check_finite=True, # raise when a decoded float frame holds NaN or inf
+                ):
         self.path, self.check_finite = Path(path), check_finite
         _check_file(self.path, "a TIFF stack")
         self._open()
@@ -413,7 +421,8 @@ def _stated_pixel(tif):
         if found: return found, "its resolution tags"
     return None, None
 
-def read_pixel_nm(path): # a TIFF stack
+def read_pixel_nm(path, # a TIFF stack
+                 ):
     "The camera pixel size in nm that a TIFF states (OME-XML, ImageJ calibration or resolution tags), else None."
     path = Path(path)
     _check_file(path, "a TIFF stack")
@@ -533,7 +542,8 @@ def _write_checked_table(path, table):
         table.to_csv(f, index=False, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
 
 def write_localizations(path, # the .csv file to create or replace
-                        df): # localizations; the same column names as `read_localizations` accepts
+                        df, # localizations; the same column names as `read_localizations` accepts
+                       ):
     "Write a localization table as a ThunderSTORM CSV (its column names and order, frames from 1), atomically."
     path = Path(path)
     _write_checked_table(path, _table_to_write(df, f"{path} (table to write)"))
@@ -567,7 +577,8 @@ def _decode_px_size(meta, path):
                          "expected one or two pixel sizes in nm")
     return tuple(float(v) for v in np.broadcast_to(px, (2,)))
 
-def read_localizations(path): # a ThunderSTORM CSV, or a CSV with the accepted alternative column names
+def read_localizations(path, # a ThunderSTORM CSV, or a CSV with the accepted alternative column names
+                      ):
     "Read a localization table with ThunderSTORM's column names; `df.attrs['column_mapping']` says which file column became which."
     path = Path(path)
     _check_file(path, "a localization table (CSV)")
@@ -598,7 +609,8 @@ class SimulationData(NamedTuple):
 
 def save_simulation(out_dir, # folder to write into (created if needed)
                     sim, # a `Simulation` (frames, ground_truth, config)
-                    overwrite=False): # replace a simulation already saved in `out_dir`
+                    overwrite=False, # replace a simulation already saved in `out_dir`
+                   ):
     "Save frames.tif, ground_truth.csv and simulation.json (all parameters) to `out_dir`, each atomically; returns the folder."
     out = Path(out_dir)
     frames = _stack_to_write(sim.frames, out / "frames.tif")  # check everything before writing anything
@@ -617,7 +629,8 @@ def save_simulation(out_dir, # folder to write into (created if needed)
     return out
 
 def load_simulation(out_dir, # a folder written by `save_simulation`
-                    mmap=True): # memory-map the frames (False: read them into memory)
+                    mmap=True, # memory-map the frames (False: read them into memory)
+                   ):
     "Read a simulation saved by `save_simulation`: frames, ground truth and the `SimulationConfig`."
     d = Path(out_dir)
     if not d.is_dir(): raise FileNotFoundError(f"{d}: no such folder (expected a saved simulation: {', '.join(SIMULATION_FILES)})")

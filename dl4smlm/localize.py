@@ -10,6 +10,7 @@ __all__ = ['DEFAULT_THRESHOLD', 'REFINE_METHODS', 'FINE_PIXELS_PER_PASS', 'find_
 # %% ../nbs/06_localize.ipynb #03728237
 import dataclasses
 import math
+import mmap
 import time
 from dataclasses import dataclass
 
@@ -360,6 +361,17 @@ def _as_float_frames(x, start, label="frames"):
                          "replace or drop that frame")
     return x
 
+def _release_read_frames(frames, a, b):
+    """Drop the pages of frames a..b of a memory-mapped stack from this process once they are read (madvise DONTNEED): the kernel
+    reads them again if they are needed, and a long stack's memory stays flat instead of growing by the file's size. Read-only
+    mappings only: a copy-on-write one would lose its changes."""
+    mm = getattr(frames, "_mmap", None)
+    if mm is None or getattr(frames, "mode", None) != "r" or not hasattr(mm, "madvise") or b <= a or frames.ndim != 3 or not frames[0].flags.c_contiguous: return
+    base = np.frombuffer(mm, np.uint8).ctypes.data              # where the mapping starts; page aligned
+    lo, hi = (frames.ctypes.data - base + k * frames.strides[0] for k in (a, b))
+    lo, hi = lo - lo % mmap.PAGESIZE, hi - hi % mmap.PAGESIZE    # whole pages; the one holding frame b stays
+    if hi > lo: mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
 def _clock(seconds, key, t0, device):
     "Add the time since `t0` to seconds[key] (after the device has finished); return now."
     if device.type == "cuda": torch.cuda.synchronize(device)
@@ -384,6 +396,7 @@ def _predict_batches(model, frames, normalize, pixel_nm, threshold, device, radi
             for a in range(start, stop, chunk):
                 t = time.perf_counter()
                 x = _as_float_frames(frames[a:min(a + chunk, stop)], a, label).to(device)[:, None]
+                _release_read_frames(frames, a, min(a + chunk, stop))
                 t = _clock(seconds, "read", t, device)
                 if normalize is not None: x = normalize(x)
                 t = _clock(seconds, "normalise", t, device)

@@ -169,7 +169,7 @@ class SkipSTORM(DeepSTORM):
 
 # %% ../nbs/02_models.ipynb #6d4c03d2
 class USTORM(SMLMModel):
-    "U-STORM: a two-level U-Net on the nearest-upsampled frame, with skip connections (seed's design, U-Net's last block)."
+    "U-STORM: a two-level U-Net on the nearest-upsampled frame, with skip connections (the DL4SMLM notebooks' design, U-Net's last block)."
     name = "u-storm"
     feature_names = ("upsampled", "stem", "enc1", "enc2", "bottleneck", "dec1", "dec0", "output")
 
@@ -215,7 +215,8 @@ class FIDSTORM(SMLMModel):
 
     def __init__(self, upsampling: int = 8, blocks: int = 10,
                  width: int = 64,  # channels of the body (the paper's 64); each upsampling stage halves them
-                 upsampler: str = "nearest"):  # 'nearest': the paper's ×2 stages; 'shuffle': one sub-pixel convolution on the camera grid
+                 upsampler: str = "nearest", # 'nearest': the paper's ×2 stages; 'shuffle': one sub-pixel convolution on the camera grid
+                ):
         super().__init__(_check_upsampling(upsampling, "FIDSTORM", power_of_two=True))
         stages = upsampling.bit_length() - 1
         if isinstance(width, bool) or not isinstance(width, int) or width < 2 ** stages:

@@ -41,7 +41,8 @@ PIXEL_TOLERANCE = 0.05   # relative pixel-size difference between a stack and a 
 def check_pixel_size(data_nm, # the stack's camera pixel size, nm (None: unknown)
                      model_nm, # the pixel size the model was trained for, nm (None: unknown)
                      label="frames", # what the stack is called in the message
-                     force=False): # accept a mismatch (with a warning)
+                     force=False, # accept a mismatch (with a warning)
+                   ):
     "Refuse a stack whose pixels differ from the model's training pixels by more than `PIXEL_TOLERANCE`."
     if data_nm is None or model_nm is None: return
     rel = abs(data_nm / model_nm - 1)
@@ -76,7 +77,8 @@ def predict_checkpoint(checkpoint, # a .pt file written by dl4smlm.train, or a b
                        device="auto",
                        camera=None, # the camera that recorded `frames` (a `Camera` or its dict); None: the one the model was trained for
                        force_pixel_size=False, # accept a `pixel_nm` more than 5 % from the checkpoint's (see `check_pixel_size`)
-                       **kwargs): # passed to `predict` (radius, method, bias_nm, flip_average, tile, overlap, batch_size, progress)
+                       **kwargs, # passed to `predict` (radius, method, bias_nm, flip_average, tile, overlap, batch_size, progress)
+                      ):
     """`predict` with a trained checkpoint: its model, its input transform (photons with `camera`'s calibration), its pixel size,
     and its calibration: threshold, window radius and the bias subtracted (not with flip averaging, which cancels it)."""
     device = resolve_device(device)
@@ -88,12 +90,14 @@ def simulation_beside(frames_path):
     p = Path(frames_path).parent / "simulation.json"
     return (read_json(p).get("config") or {}) if p.is_file() else {}
 
-def stack_camera(frames_path): # a TIFF stack
+def stack_camera(frames_path, # a TIFF stack
+                ):
     "The camera of a stack that `dl4smlm simulate` wrote (from the simulation.json beside it), else None."
     c = simulation_beside(frames_path)
     return {"name": c["camera"], **c.get("camera_params", {})} if "camera" in c else None
 
-def stack_pixel_nm(frames_path): # a TIFF stack
+def stack_pixel_nm(frames_path, # a TIFF stack
+                  ):
     "The pixel size a stack states: its TIFF calibration (`dl4smlm.io.read_pixel_nm`), else the simulation.json beside it, else None."
     px = read_pixel_nm(frames_path)
     return px if px is not None else simulation_beside(frames_path).get("pixel_nm")
@@ -216,7 +220,7 @@ def predict_to_folder(checkpoint, # a .pt file written by dl4smlm.train
                       frames_path, # a TIFF stack (frames, height, width)
                       out_dir, # folder for PREDICT_FILES (created if needed; existing files are replaced)
                       device="auto",
-                      threshold=None, # None: DEFAULT_THRESHOLD scaled to the checkpoint's target
+                      threshold=None, # None: the checkpoint's calibrated threshold (else DEFAULT_THRESHOLD scaled to its target)
                       batch_size=None, # tiles per forward pass; None: see `plan_tiling`
                       pixel_nm=None, # camera pixel size; None: the stack's (`stack_pixel_nm`), else the checkpoint's
                       render_pixel_nm=None, # pixel of the rendered PNG; None: the super-resolved grid, p/f
@@ -227,7 +231,8 @@ def predict_to_folder(checkpoint, # a .pt file written by dl4smlm.train
                       check=True, # warn when the stack's σ, photons, background or density lie outside the model's training ranges
                       resume=False, # continue a run that was killed: the batches it saved are not computed again
                       load=True, # read the table back into the returned `Prediction` (False: only count it; memory stays flat)
-                      **kwargs): # passed to `predict` (radius, method, tile, overlap)
+                      **kwargs, # passed to `predict` (radius, method, tile, overlap)
+                     ):
     """Localize a TIFF stack with a checkpoint and write the table, the summed image and a rendering to `out_dir`, complete or not at all.
     Under `torchrun --nproc-per-node N` each process localizes a share of the frames; process 0 merges them and returns the `Prediction`, the others None."""
     _release_freed_memory()

@@ -24,7 +24,8 @@ def weights_dir() -> Path:
     "The folder of the bundled weights inside the installed package."
     return Path(str(importlib.resources.files("dl4smlm"))) / "weights"
 
-def bundled_path(name:str) -> Path|None: # a name from `PRETRAINED`
+def bundled_path(name:str, # a name from `PRETRAINED`
+                ) -> Path|None:
     "The checkpoint file of the bundled model `name`, or None when there is no such bundled model."
     p = weights_dir() / f"{name}.pt"
     return p if name in PRETRAINED and p.is_file() else None
@@ -35,7 +36,8 @@ def bundled_models() -> list:
 
 def _span(v, unit=""): return f"{v[0]:g}–{v[1]:g}{unit}" if v[0] != v[1] else f"{v[0]:g}{unit}"
 
-def describe(ck:dict) -> str: # a loaded checkpoint
+def describe(ck:dict, # a loaded checkpoint
+            ) -> str:
     "One line: what a checkpoint was trained for (camera, pixel size, σ, photons, background and density ranges, f) and its calibration."
     s, r = ck.get("simulation") or {}, (ck.get("data") or {}).get("ranges") or {}
     get = lambda k: r.get(k) or (s.get(k), s.get(k))

@@ -85,7 +85,8 @@ class GaussianPSF(PSF):
 
     def __init__(self,
                  cutoff:float=5.0, # half-width of the rendered window, in σ
-                 method:str="auto"): # 'matmul', 'scatter' or 'auto' (the cheaper one)
+                 method:str="auto", # 'matmul', 'scatter' or 'auto' (the cheaper one)
+                ):
         if not cutoff > 0: raise ValueError(f"GaussianPSF.cutoff: expected a number of sigmas > 0, got {cutoff!r}")
         if method not in ("auto", "matmul", "scatter"):
             raise ValueError(f"GaussianPSF.method: expected 'auto', 'matmul' or 'scatter', got {method!r}")
@@ -157,7 +158,8 @@ class FilamentStructure(Structure):
                  n:int=5, # number of filaments
                  persistence_nm:float=5000.0, # persistence length L_p, nm
                  spread_nm:float=20.0, # sd of the labels around the centre line, nm
-                 step_nm:float=10.0): # length of a chain segment, nm
+                 step_nm:float=10.0, # length of a chain segment, nm
+                ):
         super().__init__(height_nm, width_nm)
         self.spread_nm = float(spread_nm)
         steps = int(math.ceil(math.hypot(height_nm, width_nm) / step_nm))    # each half is as long as the diagonal
@@ -399,8 +401,8 @@ CAMERAS = {c.name: c for c in (EMCCDCamera, SCMOSCamera, IdealCamera)}
 
 def make_camera(name:str="emccd", # 'emccd', 'scmos' or 'ideal'
                 **params, # parameters that replace the camera's defaults, e.g. em_gain=100
-               ) -> Camera:
-    "The camera called `name`, with `params` replacing its defaults."
+               ) -> Camera: # its parameters checked (a value out of range raises a ValueError that names it)
+    "The camera called `name`, with `params` (e.g. `em_gain=100`) replacing its defaults."
     if name not in CAMERAS: raise ValueError(f"camera: expected one of {tuple(CAMERAS)}, got {name!r}")
     known = [f.name for f in dataclasses.fields(CAMERAS[name])]
     unknown = sorted(set(params) - set(known))
@@ -701,8 +703,9 @@ def simulate(cfg:SimulationConfig|None=None, # the parameters (default Simulatio
              *,
              psf:PSF|None=None, # default GaussianPSF()
              workers:int|None=None, # threads (default: one per CPU core); the result does not depend on it
-             **changes) -> Simulation: # fields of `cfg` to change, e.g. frames=100
-    "Simulate frames and their ground truth; the same configuration (seed included) gives the same result."
+             **changes, # fields of `cfg` to change, e.g. frames=100
+            ) -> Simulation: # the frames, their ground truth and what made them
+    "Simulate frames and their ground truth (`changes` replace fields of `cfg`); the same configuration (seed included) gives the same result."
     cfg = cfg or SimulationConfig()
     if changes:
         if changes.get("camera", cfg.camera) != cfg.camera: changes.setdefault("camera_params", {})
@@ -744,7 +747,7 @@ def crlb(photons, # photons per emitter (array-like; broadcast with `background`
          pixel_nm:float=100.0, # pixel size, nm
          excess_noise:float=1.0, # F²: 2 for an EMCCD (`camera.excess_noise`)
          size:int|None=None, # side of the fitted window, px (default 2·⌈4σ/p⌉ + 1)
-        ): # float or ndarray: the CRLB on x (= on y), nm
+        ) -> float|np.ndarray: # the CRLB on x (= on y), nm
     "Exact Cramér–Rao lower bound on the lateral position of a pixelated Gaussian spot, θ = (x0, y0, N, b), emitter at the window's centre."
     s = sigma_nm / pixel_nm
     size = 2 * int(math.ceil(4 * s)) + 1 if size is None else int(size)
@@ -762,7 +765,7 @@ def crlb(photons, # photons per emitter (array-like; broadcast with `background`
 
 def mortensen_precision(photons, background, sigma_nm:float=110.0, pixel_nm:float=100.0, excess_noise:float=1.0,
                         estimator:str="mle", # 'mle' (reaches the CRLB) or 'lsq' (least squares)
-                       ): # float or ndarray, nm per axis
+                       ) -> float|np.ndarray: # the precision per axis, nm
     "Localization precision of a Gaussian fit from Mortensen et al. 2010 (Nat Methods 7:377)."
     n, b = np.broadcast_arrays(np.asarray(photons, np.float64), np.asarray(background, np.float64))
     sa2 = sigma_nm ** 2 + pixel_nm ** 2 / 12

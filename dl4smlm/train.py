@@ -46,7 +46,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 def _mps_available(): return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
-def resolve_device(device="auto") -> torch.device: # 'auto' (CUDA, then Apple MPS, then CPU), 'cpu', 'cuda', 'cuda:1', 'mps' or a torch.device
+def resolve_device(device="auto", # 'auto' (CUDA, then Apple MPS, then CPU), 'cpu', 'cuda', 'cuda:1', 'mps' or a torch.device
+                  ) -> torch.device:
     "The torch device to train or predict on, with a clear error when the one asked for is missing."
     if isinstance(device, torch.device): return device
     kind = str(device).split(":")[0].strip().lower()
@@ -64,7 +65,8 @@ LOSSES = {"l1l2": L1L2Loss, "wmse": WeightedMSELoss, "wmae": WeightedMAELoss}
 def make_loss(name:str="l1l2", # 'l1l2' (Deep-STORM), 'wmse' or 'wmae'
               lmbda:float|None=None, # the loss's λ (`lam`): lower is sparser; None: its default, 1
               target:str="heatmap", # what the targets are ('heatmap', 'spikes', 'images'): 'l1l2' blurs only targets that are not heat maps
-              **kwargs) -> nn.Module: # other arguments of the loss
+              **kwargs, # other arguments of the loss
+             ) -> nn.Module: # the loss module
     "The loss called `name` (as on the command line)."
     key = str(name).strip().lower()
     if key not in LOSSES: raise ValueError(f"loss: expected one of {tuple(LOSSES)}, got {name!r}")
@@ -141,18 +143,19 @@ class History:
     def plot(self, axes=None):
         "Loss curves (log scale, best epoch marked) and the learning rate; returns the figure."
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import LogFormatter
-        if axes is None: fig, axes = plt.subplots(1, 2, figsize=(9, 3), dpi=72, layout="constrained")
+        from matplotlib.ticker import LogFormatter, MaxNLocator
+        if axes is None: fig, axes = plt.subplots(1, 2, figsize=(9, 3), dpi=100, layout="constrained")
         else: fig = axes[0].figure
         a, b = axes
         a.plot(self.epoch, self.train_loss, "o-", ms=3, label="training")
         a.plot(self.epoch, self.valid_loss, "s-", ms=3, label="validation")
         if self.best_epoch is not None: a.axvline(self.best_epoch, color="grey", ls=":", label=f"best (epoch {self.best_epoch})")
         a.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
-        a.legend(fontsize=8)
+        a.legend(fontsize=9)
         b.plot(self.epoch, self.lr, "o-", ms=3, color="C2")
         b.set(xlabel="epoch", ylabel="learning rate", yscale="log", title="learning rate")
-        for ax in axes:   # plain numbers (2.5, not 2.5×10⁰) on the log axes
+        for ax in axes:   # plain numbers (2.5, not 2.5×10⁰) on the log axes, whole epochs
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.yaxis.set_major_formatter(LogFormatter())
             ax.yaxis.set_minor_formatter(LogFormatter(minor_thresholds=(2, 0.5)))
         return fig
@@ -272,7 +275,8 @@ def _plain(obj):
     raise TypeError(f"checkpoint: cannot store an object of type {type(obj).__name__} ({obj!r}); expected tensors and plain data")
 
 def save_checkpoint(path, # the .pt file to create or replace
-                    checkpoint:dict) -> Path: # a checkpoint as `Trainer.checkpoint()` builds it
+                    checkpoint:dict, # a checkpoint as `Trainer.checkpoint()` builds it
+                   ) -> Path:
     "Write `checkpoint` with its SHA-256 digest, atomically (a crash leaves the old file or the new one, never half of one)."
     path = Path(path)
     ck = _plain(checkpoint)
@@ -289,7 +293,8 @@ def _checkpoint_path(path):
     return p
 
 def load_checkpoint(path, # a checkpoint written by `save_checkpoint`, or the name of a bundled model (`dl4smlm models`)
-                    map_location="cpu") -> dict: # where the tensors go
+                    map_location="cpu", # where the tensors go
+                   ) -> dict:
     "Read a checkpoint safely (`weights_only=True`: tensors and plain data only, no code runs) and check it; a `CheckpointError` says what is wrong."
     path = _checkpoint_path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such file (expected a dl4smlm checkpoint, .pt)")
@@ -339,7 +344,8 @@ def _build_model(ck, label):
 
 def load_model(path, # a checkpoint written by dl4smlm, or the name of a bundled model
                device="cpu", # 'cpu', 'cuda', 'mps' or 'auto'
-               unfinished:bool=False) -> nn.Module: # load a checkpoint that finished no epoch too (its weights are barely trained)
+               unfinished:bool=False, # load a checkpoint that finished no epoch too (its weights are barely trained)
+              ) -> nn.Module:
     "The trained model of a checkpoint (best validation weights), in eval mode on `device`; `model.normalizer` holds its input transform."
     ck = load_checkpoint(path)
     if ck.get("epoch", 1) == 0 and not unfinished:
@@ -409,7 +415,9 @@ class Trainer:
                 f"{f' × {self.world} processes' if self.world > 1 else ''}, {self.epoch}/{self.config.epochs} epochs done)")
 
     # ---- training ----
-    def fit(self, epochs:int|None=None) -> History: # total number of epochs (default: config.epochs)
+    def fit(self,
+            epochs:int|None=None, # total number of epochs (default: config.epochs)
+           ) -> History:
         "Train until `epochs` epochs are done or early stopping; returns the `History`. Ctrl-C saves a resumable checkpoint and raises `TrainingInterrupted`."
         if epochs is not None: self.config = TrainConfig.from_dict(self.config.to_dict(), epochs=epochs)
         show = self.config.progress and self.rank == 0
@@ -480,7 +488,9 @@ class Trainer:
         if self.out is not None and self.rank == 0: self.save()
 
     @torch.no_grad()
-    def validate(self, data=None) -> float: # default: the validation set
+    def validate(self,
+                 data=None, # default: the validation set
+                ) -> float:
         "Mean loss of the current model on `data` (eval mode; shared among the processes under DDP)."
         ds = self.valid_data if data is None else data
         if ds is None: raise ValueError("validate: no validation data (pass valid_data to Trainer, or data here)")
@@ -534,7 +544,9 @@ class Trainer:
         raise TrainingInterrupted(msg, checkpoint=path or self.out, history=self.history)
 
     # ---- checkpoints ----
-    def checkpoint(self, resume:bool=True) -> dict: # include what resuming needs (optimizer, scheduler, generators, ...)
+    def checkpoint(self,
+                   resume:bool=True, # include what resuming needs (optimizer, scheduler, generators, ...)
+                  ) -> dict:
         "The checkpoint as a dict (see the schema above): the best weights, everything needed to rebuild and use the model, and optionally to resume."
         meta = dict(getattr(self.train_data, "metadata", {}) or {})
         target = getattr(self.train_data, "target", None)
@@ -555,7 +567,10 @@ class Trainer:
                             "world_size": self.world}
         return ck
 
-    def save(self, path=None, resume:bool=True) -> Path: # default: `out`
+    def save(self,
+             path=None, # default: `out`
+             resume:bool=True, # include what resuming needs (see `checkpoint`)
+            ) -> Path:
         "Write the checkpoint atomically; returns its path."
         path = self.out if path is None else Path(path)
         if path is None: raise ValueError("save: no path (pass one, or `out` to Trainer)")
@@ -566,7 +581,8 @@ class Trainer:
                train_data, valid_data=None, *,
                out=None, # where to keep writing checkpoints (default: `path`)
                loss=None, # needed only when the checkpoint's loss is not one of `LOSSES`
-               **settings) -> "Trainer": # `TrainConfig` changes, e.g. epochs=100, device='cuda', num_workers=4
+               **settings, # `TrainConfig` changes, e.g. epochs=100, device='cuda', num_workers=4
+              ) -> "Trainer": # ready to go on with `fit()`
         "A trainer in exactly the state saved in `path`: model, optimizer, scheduler, epoch, step and random generators."
         ck = load_checkpoint(path)
         r = ck.get("resume")
@@ -632,7 +648,8 @@ def evaluate(model, # a trained model
              dataset, # (frame, target) pairs, e.g. the test split (whole frames)
              device="auto",
              batch_size:int=4,
-             loss=None) -> pd.DataFrame: # the training loss: with an `L1L2Loss`, images are compared as it compares them (blurred)
+             loss=None, # the training loss: with an `L1L2Loss`, images are compared as it compares them (blurred)
+            ) -> pd.DataFrame:
     "Per-item image metrics (`image_metrics`) of `model`'s predictions on `dataset`; a column `frame` (from 1) for whole frames of an `ImageDataset`."
     device = resolve_device(device)
     training, model = model.training, model.to(device).eval()

@@ -83,7 +83,8 @@ def plot_prediction(sim, # a Simulation or SimulationData: frames (ADU), ground_
                     localizations:pd.DataFrame|None=None, # localizations to mark (rows of frame `frame`+1 are used); default: the Prediction's
                     overlay:bool=True, # mark the true molecules (circles) and the localizations (crosses)
                     shared_scale:bool=True, # one intensity scale for ground truth and prediction
-                    title:str|None=None): # a title over the figure
+                    title:str|None=None, # a title over the figure
+                   ):
     "Camera frame, its super-resolved ground truth and the model's prediction side by side, with scale bars: a matplotlib `Figure`."
     _check_simulation(sim)
     c = sim.config
@@ -98,7 +99,7 @@ def plot_prediction(sim, # a Simulation or SimulationData: frames (ADU), ground_
     x0, x1, y0, y1 = _zoom_box(W * c.pixel_nm, H * c.pixel_nm, zoom_um)
     extent = (0, W * c.pixel_nm, H * c.pixel_nm, 0)                     # axes in nm, as the localization tables
     maps = [("ground truth", target)] + ([] if heat is None else [("prediction", heat)])
-    fig = _Figure(figsize=(4 * (1 + len(maps)), 3.6), dpi=64, layout="constrained")
+    fig = _Figure(figsize=(3.6 * (1 + len(maps)), 3.1), dpi=100, layout="constrained")
     axs = fig.subplots(1, 1 + len(maps))
     im = axs[0].imshow(photons, cmap="gray", extent=extent, interpolation="nearest")
     fig.colorbar(im, ax=axs[0], label="photons", shrink=0.85)
@@ -121,18 +122,19 @@ def plot_prediction(sim, # a Simulation or SimulationData: frames (ADU), ground_
                 ax.scatter(locs["x [nm]"], locs["y [nm]"], s=14, marker="x", color="lime", lw=0.7, label="localizations")
         ax.set_xlabel("x [nm]"); ax.set_ylabel("y [nm]")
         add_scale_bar(ax, 1.0)                                          # data units are nm
-    if overlay: axs[-1].legend(loc="upper right", fontsize=7, framealpha=0.6)
+    if overlay: axs[-1].legend(loc="upper right", fontsize=8, framealpha=0.6)
     if title: fig.suptitle(title, fontsize=11)
     return fig
 
 # %% ../nbs/08_visualize.ipynb #a57fd29d
-def plot_training(source): # a `History`, its dict, or a checkpoint file written by dl4smlm.train
+def plot_training(source, # a `History`, its dict, or a checkpoint file written by dl4smlm.train
+                 ):
     "Loss curves (best epoch marked) and learning rate of a training run: a matplotlib `Figure`."
     if isinstance(source, History): history = source
     elif isinstance(source, dict): history = History.from_dict(source)
     else: history = History.from_dict(load_checkpoint(source)["history"])
     if not history.epoch: raise ValueError(f"{source if not isinstance(source, (History, dict)) else 'history'}: no epoch recorded, nothing to plot")
-    fig = _Figure(figsize=(9, 3), dpi=64, layout="constrained")
+    fig = _Figure(figsize=(7.2, 2.6), dpi=100, layout="constrained")
     history.plot(fig.subplots(1, 2))
     return fig
 
@@ -140,14 +142,15 @@ def plot_training(source): # a `History`, its dict, or a checkpoint file written
 def plot_intensity_histograms(prediction, # super-resolved heat map(s), any shape
                               target, # the target(s), e.g. the ground truth rendered as a heat map
                               bins:int=60, # number of bins between the lowest and the highest value of both
-                              ax=None): # axes to draw into; None: a new figure
+                              ax=None, # axes to draw into; None: a new figure
+                             ):
     "Histograms (log counts) of the pixel values of a prediction and its target, on common bins: a matplotlib `Figure`."
     p = np.asarray(prediction, np.float64).ravel()
     t = np.asarray(target, np.float64).ravel()
     if p.size == 0 or t.size == 0: raise ValueError(f"prediction, target: expected non-empty images, got {p.size} and {t.size} pixels")
     lo, hi = min(p.min(), t.min()), max(p.max(), t.max())
     edges = np.linspace(lo, hi if hi > lo else lo + 1.0, int(bins) + 1)
-    fig = ax.figure if ax is not None else _Figure(figsize=(5, 3.2), dpi=64, layout="constrained")
+    fig = ax.figure if ax is not None else _Figure(figsize=(4.4, 2.9), dpi=100, layout="constrained")
     ax = ax if ax is not None else fig.subplots()
     ax.hist(t, edges, histtype="stepfilled", color="tab:cyan", alpha=0.5, label=f"target ({t.size} px)")
     ax.hist(p, edges, histtype="step", color="tab:red", lw=1.2, label=f"prediction ({p.size} px)")
@@ -161,11 +164,12 @@ def plot_localization_errors(ground_truth, # table with "frame", "x [nm]", "y [n
                              crlb_nm=None, # per-axis CRLB: one number or one per ground-truth row (e.g. `simulation_crlb`); None: no bound
                              tolerance_nm:float=250.0, # the largest distance of a matched pair
                              method:str="greedy", # matching: "greedy" or "hungarian"
-                             ax=None): # axes to draw into; None: a new figure
+                             ax=None, # axes to draw into; None: a new figure
+                            ):
     "Scatter of the matched errors (dx, dy) with the RMSE circle, the CRLB circle and the mean error: a matplotlib `Figure`."
     pairs = match_localizations(ground_truth, localizations, tolerance_nm, method)
     dx, dy = pairs["dx [nm]"].to_numpy(), pairs["dy [nm]"].to_numpy()
-    fig = ax.figure if ax is not None else _Figure(figsize=(4.6, 4.2), dpi=64, layout="constrained")
+    fig = ax.figure if ax is not None else _Figure(figsize=(4.2, 3.9), dpi=100, layout="constrained")
     ax = ax if ax is not None else fig.subplots()
     ax.scatter(dx, dy, s=8, alpha=0.6, color="tab:blue", label=f"{len(pairs)} matched")
     radius = [float(np.sqrt(np.mean(dx ** 2 + dy ** 2))) if len(pairs) else 0.0]
@@ -183,7 +187,7 @@ def plot_localization_errors(ground_truth, # table with "frame", "x [nm]", "y [n
     ax.axhline(0, color="grey", lw=0.5); ax.axvline(0, color="grey", lw=0.5)
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xlabel="dx = x − x_true [nm]", ylabel="dy = y − y_true [nm]",
            title="localization errors")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=8, loc="upper right")
     return fig
 
 # %% ../nbs/08_visualize.ipynb #f1532bbb
@@ -391,7 +395,8 @@ def model_explorer(models, # checkpoint files or loaded models: a list, or a dic
 # %% ../nbs/08_visualize.ipynb #448e0492
 def output_sparsity(heatmap, # a super-resolved heat map (H, W)
                     tol:float=0.1, # pixels with |value| <= tol count as zero (heat-map units)
-                    threshold:float=DEFAULT_THRESHOLD): # peaks must be above this (as in `find_peaks`)
+                    threshold:float=DEFAULT_THRESHOLD, # peaks must be above this (as in `find_peaks`)
+                   ):
     "Sparsity of a heat map: the percentage of near-zero pixels, the number of peaks, and the sum of |value|."
     h = np.array(heatmap, np.float32)              # a copy: torch warns about read-only arrays
     if h.ndim != 2 or h.size == 0: raise ValueError(f"heatmap: expected one non-empty (height, width) image, got shape {h.shape}")
@@ -441,8 +446,8 @@ def loss_view(loss:str="l1l2", # 'l1l2', 'wmse' or 'wmae' (see `dl4smlm.train.LO
     train, test = _lab_data(int(seed))
     target = test.heatmap(4)[0]
     s, ts = output_sparsity(out), output_sparsity(target)
-    fig = _Figure(figsize=(12, 3.4), dpi=64, layout="constrained")
-    axs = fig.subplots(1, 4)
+    fig = _Figure(figsize=(12, 3.1), dpi=100, layout="constrained")
+    axs = fig.subplots(1, 4, width_ratios=[1, 1, 1, 1.2])
     extent = (0, test.config.width * test.config.pixel_nm, test.config.height * test.config.pixel_nm, 0)
     im = axs[0].imshow(test.photons()[0], cmap="gray", extent=extent)
     fig.colorbar(im, ax=axs[0], label="photons", shrink=0.8)

@@ -1,5 +1,5 @@
 """Every notebook executes from top to bottom through nbdev's runner (cells flagged `slow` skipped)."""
-import subprocess, sys
+import os, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,11 @@ def test_notebooks_found():
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[str(p.relative_to(NBS)) for p in NOTEBOOKS])
 def test_notebook_runs(nb):
     # One process per notebook, as `nbdev-test` does, so notebooks cannot leak state into each other.
+    # Under pytest-xdist each worker's notebook gets one thread per library: with as many workers as cores, two-thread torch
+    # ops would wait on descheduled threads (the many tiny ops of the losses chapter took 8 times longer).
+    env = dict(os.environ)
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= (os.cpu_count() or 1):
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     nbdev_test = Path(sys.executable).parent/"nbdev-test"
-    r = subprocess.run([str(nbdev_test), str(nb)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = subprocess.run([str(nbdev_test), str(nb)], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, f"{nb.name} failed:\n{r.stdout[-4000:]}\n{r.stderr[-8000:]}"

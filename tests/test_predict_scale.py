@@ -135,3 +135,29 @@ def test_bigtiff_and_a_multifile_ome_series_are_read_lazily(tmp_path):
         assert isinstance(s, LazyTiffStack) and s.shape == (6, 16, 16)
         assert np.array_equal(s[4], a[4]) and np.array_equal(s[1:6], a[1:6])
     s.close()
+
+
+def _rss_file_kb():
+    "Resident memory of this process that maps files (Linux: RssFile in /proc/self/status)."
+    return next(int(l.split()[1]) for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+def test_memory_mapped_frames_are_released_once_read(tmp_path):
+    "The pages of frames already localized leave the process (a long stack's memory stays flat), and the frames stay intact."
+    from dl4smlm.localize import _release_read_frames
+    x = (np.arange(96 * 256 * 256, dtype=np.uint32) % 60_000).astype(np.uint16).reshape(96, 256, 256)   # 12 MB
+    tifffile.imwrite(tmp_path / "big.tif", x)
+    frames = read_stack(tmp_path / "big.tif")
+    assert isinstance(frames, np.memmap) and frames.mode == "r"
+    before = _rss_file_kb()
+    for a in range(0, 96, 8): np.asarray(frames[a:a + 8], np.float32).sum()               # read every frame
+    read = _rss_file_kb()
+    assert read - before > 10_000                                                           # the stack's pages are mapped in
+    for a in range(0, 96, 8): _release_read_frames(frames, a, a + 8)
+    assert _rss_file_kb() - before < 1_000                                                  # and out again
+    assert np.array_equal(frames, x)                                                       # read back from the file on demand
+    cow = np.memmap(tmp_path / "big.tif", np.uint16, mode="c", offset=frames.offset, shape=frames.shape)
+    cow[:2] = 7                                                                             # a copy-on-write map: its changes
+    _release_read_frames(cow, 0, 2)                                                         # live only in this process's pages,
+    assert (cow[:2] == 7).all()                                                             # which must not be dropped

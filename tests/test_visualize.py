@@ -51,7 +51,7 @@ def test_plot_prediction_panels_overlay_and_shared_scale(sim):
     assert all(ax.get_xlabel() == "x [nm]" and ax.get_ylabel() == "y [nm]" for ax in images)
     bars = [a for ax in images for a in ax.artists]
     assert len(bars) == 3 and all(("nm" in b.txt_label.get_text() or "µm" in b.txt_label.get_text()) for b in bars)
-    assert fig.dpi <= 80
+    assert fig.dpi >= 100                                                        # readable in the book
     assert fig._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"                  # shows itself in a notebook without pyplot
 
 

@@ -35,6 +35,22 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 
+# Debian's Chromium and its driver, for the book's real-browser check (tools/check_book.py, step 5 of tools/test.sh):
+# installed with apt-get as root, or through sudo without a password; otherwise only a note (CI fails that step).
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  apt=()
+  if [ "$(id -u)" = 0 ]; then apt=(apt-get); elif sudo -n true 2>/dev/null; then apt=(sudo -n apt-get); fi
+  if [ ${#apt[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian's chromium and chromium-driver (for tools/check_book.py)"
+    DEBIAN_FRONTEND=noninteractive "${apt[@]}" update -qq >/dev/null \
+      && DEBIAN_FRONTEND=noninteractive "${apt[@]}" install -y -qq chromium chromium-driver >/dev/null \
+      || echo "setup: could not install chromium and chromium-driver; tools/test.sh will skip the browser check (CI fails it)"
+  else
+    echo "setup: chromium and chromium-driver are missing and cannot be installed here (not root, no sudo);" \
+         "install them to run tools/check_book.py (CI fails without them)"
+  fi
+fi
+
 # Install the package (editable) with the tools for the book and the tests; skipped when nothing changed.
 stamp="$VENV/.dl4smlm-setup"
 want=$(cat pyproject.toml | cksum)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, in order: notebooks clean, package in sync, pytest (which executes every
-# notebook, skipping cells flagged `slow`), the book. Run tools/setup.sh first.
+# notebook, skipping cells flagged `slow`), the book, and the book opened in headless Chromium. Run tools/setup.sh first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH" MPLBACKEND=Agg PYTHONHASHSEED=0
@@ -17,16 +17,22 @@ unchanged() {  # unchanged WHAT CMD... : run CMD, fail if it changed files under
   fi
 }
 
-echo "== 1/4 nbdev-clean leaves nbs/ unchanged"
+echo "== 1/5 nbdev-clean leaves nbs/ unchanged"
 unchanged nbs nbdev-clean
-echo "== 2/4 nbdev-export leaves dl4smlm/ unchanged (notebooks and package in sync)"
+echo "== 2/5 nbdev-export leaves dl4smlm/ unchanged (notebooks and package in sync)"
 unchanged dl4smlm nbdev-export
-echo "== 3/4 pytest"
+echo "== 3/5 pytest"
 python -m pytest -n 2 --durations=15 "$@"   # two processes: the notebooks and CLI tests wait on subprocesses much of the time
-echo "== 4/4 the book (Jupyter Book, warnings are errors)"
+echo "== 4/5 the book (Jupyter Book, warnings are errors)"
 # Offline-complete: MathJax comes from npm once (cached in nbs/_vendor/, git-ignored) and is served
 # from the book's _static/; nbs/_ext/dl4smlm_book.py hides nbdev directives and folds exported code.
 bash tools/fetch_mathjax.sh
 rm -rf nbs/_build
 jupyter-book build nbs --warningiserror --keep-going --quiet
+echo "== 5/5 the book in a real browser (headless Chromium, every page: nothing from another host, no raw LaTeX, no #|, images, no sideways scroll)"
+if command -v chromium >/dev/null && command -v chromedriver >/dev/null || [ -n "${CI:-}" ]; then
+  python tools/check_book.py   # in CI a missing Chromium fails here, with the line that says what to install
+else
+  echo "skipped: Debian's chromium and chromium-driver are not installed (tools/setup.sh installs them as root); CI runs this check"
+fi
 echo "== all checks passed; the book is at nbs/_build/html/index.html"

@@ -7,8 +7,12 @@ renders, never the notebooks on disk, so nbdev-clean and nbdev-export see them a
   cell as myst-nb reads the notebook; a cell that held nothing else is not shown.
 - Exported library code (`#| export`, `#| exporti`) is folded behind a "Show library code" toggle
   (myst-nb's `hide-input` tag); its output, if any, stays visible.
+- Exercise solutions (`#| solution`, this project's own directive, which nbdev ignores) are folded, input and
+  output, behind a "Show solution" toggle (myst-nb's `hide-cell` tag); tools/make_student_copies.py removes them.
 - nbdev's display directives keep their meaning: `#| hide` removes the cell, `#| echo: false` its
   input, `#| output: false` its output.
+- Types defined in the chapter itself print as `__main__.Camera` in `show_doc`'s signatures (the notebook is
+  `__main__` when it runs); the book shows them as `Camera`, the name the reader sees defined above.
 - Code is highlighted as Python: nbdev-clean strips the notebooks' language metadata, which myst-nb
   needs to choose a lexer.
 - MathJax is served from the book's own `_static/mathjax/`, copied from `nbs/_vendor/mathjax/`, which
@@ -27,6 +31,7 @@ from sphinx.errors import ExtensionError
 
 DIRECTIVE = re.compile(r"^\s*#\s*\|(.*)$")
 FOLDED = {"export", "exporti"}  # exported code: behind a toggle
+SOLUTION = "solution"  # an exercise's solution: input and output behind a toggle
 REMOVE_TAG = {"hide": "remove-cell", "echo": "remove-input", "output": "remove-output"}
 MATHJAX = "mathjax/es5/tex-mml-chtml.js"  # under _static/
 
@@ -45,15 +50,26 @@ def _tags_for(directives: list[tuple[str, str]], code: str, has_outputs: bool) -
     for name, value in directives:
         if name in FOLDED:
             tags.append("hide-input")
+        elif name == SOLUTION:
+            tags.append("hide-cell")
         elif name == "hide" or (name in ("echo", "output") and value == "false"):
             tags.append(REMOVE_TAG[name])
     return tags
+
+
+def _unqualify(outputs: list) -> None:
+    "`__main__.Camera` → `Camera` in the text of rich outputs (show_doc's signatures), in place."
+    for out in outputs:
+        for mime, text in (out.get("data") or {}).items():
+            if mime.startswith("text/"):
+                out["data"][mime] = [t.replace("__main__.", "") for t in text] if isinstance(text, list) else text.replace("__main__.", "")
 
 
 def present_cell(cell: dict) -> dict:
     "Take the nbdev directives out of a code cell and tag it to be folded or removed (the cell is changed in place)."
     if cell.get("cell_type") != "code":
         return cell
+    _unqualify(cell.get("outputs") or [])
     source = cell.get("source", "")
     lines = ("".join(source) if isinstance(source, list) else source).splitlines(keepends=True)
     directives = [_directive(m.group(1)) for m in map(DIRECTIVE.match, lines) if m]
@@ -68,10 +84,11 @@ def present_cell(cell: dict) -> dict:
     for tag in _tags_for(directives, cell["source"], bool(cell.get("outputs"))):
         if tag not in tags:
             tags.append(tag)
-    if "hide-input" in tags:
+    shown = "solution" if "hide-cell" in tags else "library code" if "hide-input" in tags else None
+    if shown:
         prompts = metadata.setdefault("mystnb", {})
-        prompts.setdefault("code_prompt_show", "Show library code")
-        prompts.setdefault("code_prompt_hide", "Hide library code")
+        prompts.setdefault("code_prompt_show", f"Show {shown}")
+        prompts.setdefault("code_prompt_hide", f"Hide {shown}")
     return cell
 
 
