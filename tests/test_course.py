@@ -60,7 +60,9 @@ def test_student_cell():
 def test_book_folds_solutions():
     cell = present_cell({"cell_type": "code", "source": "#| solution\n# Your turn 1\nx = 1\n", "outputs": [], "metadata": {}})
     assert cell["source"] == "# Your turn 1\nx = 1\n" and "hide-cell" in cell["metadata"]["tags"]
-    assert cell["metadata"]["mystnb"]["code_prompt_show"] == "Show solution"
+    assert cell["metadata"]["mystnb"]["code_prompt_show"] == "Show solution 1"
+    bare = present_cell({"cell_type": "code", "source": "#| solution\nx = 1\n", "outputs": [], "metadata": {}})
+    assert bare["metadata"]["mystnb"]["code_prompt_show"] == "Show solution"
     lib = present_cell({"cell_type": "code", "source": "#| export\ndef f(): pass\n", "outputs": [], "metadata": {}})
     assert lib["metadata"]["tags"] == ["hide-input"] and lib["metadata"]["mystnb"]["code_prompt_show"] == "Show library code"
 

@@ -84,7 +84,8 @@ def present_cell(cell: dict) -> dict:
     for tag in _tags_for(directives, cell["source"], bool(cell.get("outputs"))):
         if tag not in tags:
             tags.append(tag)
-    shown = "solution" if "hide-cell" in tags else "library code" if "hide-input" in tags else None
+    task = re.match(r"#\s*your turn\s*(\d+)", cell["source"], re.I)    # a solution says which task it solves
+    shown = (f"solution {task.group(1)}" if task else "solution") if "hide-cell" in tags else "library code" if "hide-input" in tags else None
     if shown:
         prompts = metadata.setdefault("mystnb", {})
         prompts.setdefault("code_prompt_show", f"Show {shown}")
