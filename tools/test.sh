@@ -22,13 +22,13 @@ unchanged nbs nbdev-clean
 echo "== 2/5 nbdev-export leaves dl4smlm/ unchanged (notebooks and package in sync)"
 unchanged dl4smlm nbdev-export
 echo "== 3/5 pytest"
+bash tools/fetch_mathjax.sh   # the book's MathJax (npm, cached in nbs/_vendor/): tests/test_book.py typesets a page with it
 # Two processes, one thread each (and in every process they start): with as many busy threads as cores, torch's many tiny
 # ops no longer wait on descheduled or spinning threads of the other worker (the losses chapter: 42 s alone, 305 s without).
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python -m pytest -n 2 --durations=15 "$@"
 echo "== 4/5 the book (Jupyter Book, warnings are errors)"
 # Offline-complete: MathJax comes from npm once (cached in nbs/_vendor/, git-ignored) and is served
-# from the book's _static/; nbs/_ext/dl4smlm_book.py hides nbdev directives and folds exported code.
-bash tools/fetch_mathjax.sh
+# from the book's _static/ (fetched before the tests, above); nbs/_ext/dl4smlm_book.py hides nbdev directives and folds exported code.
 rm -rf nbs/_build
 jupyter-book build nbs --warningiserror --keep-going --quiet
 echo "== 5/5 the book in a real browser (headless Chromium, every page: nothing from another host, no raw LaTeX, no #|, images, no sideways scroll)"
