@@ -37,7 +37,8 @@ from dl4smlm.localize import predict
 from dl4smlm.models import count_macs, count_parameters, get_model, optimize_for_inference
 from dl4smlm.pretrained import PRETRAINED
 from dl4smlm.simulate import SimulationConfig, simulate
-from dl4smlm.train import Trainer, load_model
+from dl4smlm.checkpoint import load_model
+from dl4smlm.train import Trainer
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work" / "distill"

@@ -13,7 +13,7 @@ import torch
 from dl4smlm.export import export_checkpoint
 from dl4smlm.models import optimize_for_inference
 from dl4smlm.simulate import SimulationConfig, simulate
-from dl4smlm.train import load_checkpoint, load_model
+from dl4smlm.checkpoint import load_checkpoint, load_model
 
 OUT = Path(__file__).resolve().parent / "results" / "bench_export.json"
 

@@ -17,7 +17,7 @@ import torch
 from dl4smlm.evaluate import assess, match_localizations, simulation_crlb
 import dl4smlm.fit as fit_module
 from dl4smlm.fit import fit_frames, isolated_stack
-from dl4smlm.io import write_json
+from dl4smlm.files import write_json
 from dl4smlm.simulate import SimulationConfig, simulate
 
 OUT = Path(__file__).resolve().parent / "results" / "bench_fit.json"

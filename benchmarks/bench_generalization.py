@@ -30,10 +30,11 @@ import torch
 
 from dl4smlm.calibrate import calibrate_checkpoint, heatmaps
 from dl4smlm.evaluate import assess, simulation_crlb
-from dl4smlm.localize import DEFAULT_THRESHOLD, _ideal_peak, localize_heatmaps
+from dl4smlm.localize import DEFAULT_THRESHOLD, ideal_peak, localize_heatmaps
 from dl4smlm.pretrained import PRETRAINED, bundled_models
 from dl4smlm.simulate import SimulationConfig, simulate
-from dl4smlm.train import load_checkpoint, load_model, train_from_folder
+from dl4smlm.checkpoint import load_checkpoint, load_model
+from dl4smlm.workflow import train_from_folder
 
 WORK = Path(__file__).resolve().parent / "_work"
 BASE = SimulationConfig(height=64, width=64, photons=2000.0, photons_sd=600.0, background=20.0, sigma_nm=110.0, camera="emccd")
@@ -83,7 +84,7 @@ def evaluate(models, tests, fixed=True):
             h = heatmaps(model, norm, sim.frames)
             settings = {"calibrated": (cal["threshold"], cal["radius"], cal["bias_nm"], cal.get("refine_radius"))} if cal else {}
             if fixed or not cal:
-                settings["fixed"] = (DEFAULT_THRESHOLD * _ideal_peak(ck["target"]) / _ideal_peak({"kind": "heatmap"}), 1, None, None)
+                settings["fixed"] = (DEFAULT_THRESHOLD * ideal_peak(ck["target"]) / ideal_peak({"kind": "heatmap"}), 1, None, None)
             for kind, (t, r, b, rr) in settings.items():
                 rows.append({"model": label, "condition": name, "threshold": kind, **score(model, cfg, sim, h, t, r, b, rr)})
     return pd.DataFrame(rows)

@@ -11,7 +11,7 @@ import torch
 from dl4smlm.evaluate import assess
 from dl4smlm.localize import localize_heatmaps, predict, render_gaussian
 from dl4smlm.models import get_model
-from dl4smlm.train import resolve_device
+from dl4smlm.checkpoint import resolve_device
 
 
 def timed(fn, repeat=3):

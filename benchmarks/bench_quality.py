@@ -45,7 +45,7 @@ import torch
 from dl4smlm.compare import DENSITIES, OracleModel, compare_models, make_test_sets
 from dl4smlm.models import list_models
 from dl4smlm.simulate import SimulationConfig
-from dl4smlm.train import resolve_device
+from dl4smlm.checkpoint import resolve_device
 
 TEST_DENSITIES = (0.5, 2.0, 6.0)
 MEAN_ERROR_GOAL_NM, FLOOR_FACTOR_GOAL = 2.0, 2.0

@@ -10,8 +10,9 @@ import time
 
 import numpy as np
 
-from dl4smlm.simulate import (GaussianPSF, SimulationConfig, _cpu_count, _emitter_arrays, _expected_chunk, background_map,
-                              sample_emitters, simulate)
+from dl4smlm.simulate import (GaussianPSF, SimulationConfig, _cpu_count, _emitter_arrays, _expected_chunk, sample_emitters,
+                              simulate)
+from dl4smlm.structures import background_map
 
 
 def best_time(fn, repeats):

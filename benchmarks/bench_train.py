@@ -22,7 +22,8 @@ from dl4smlm.data import ImageDataset, SimulatedDataset
 from dl4smlm.io import save_simulation
 from dl4smlm.models import list_models
 from dl4smlm.simulate import SimulationConfig, simulate
-from dl4smlm.train import Trainer, resolve_device
+from dl4smlm.checkpoint import resolve_device
+from dl4smlm.train import Trainer
 
 PATCH, F, BATCH = 26, 8, 16
 

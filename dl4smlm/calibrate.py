@@ -17,9 +17,9 @@ import torch
 
 from .data import RANGES, check_ranges
 from .evaluate import assess
-from .localize import _ideal_peak, localize_heatmaps, tiled_forward
+from .localize import ideal_peak, localize_heatmaps, tiled_forward
 from .simulate import SimulationConfig, simulate
-from .train import _checkpoint_path, load_checkpoint, load_model, save_checkpoint
+from .checkpoint import checkpoint_path, load_checkpoint, load_model, save_checkpoint
 
 # %% ../nbs/07b_calibrate.ipynb #175057bd
 CALIBRATION_DENSITIES = (0.1, 0.3, 1.0, 2.0, 4.0, 6.0)   # emitters per µm²: sparse to crowded
@@ -81,7 +81,7 @@ def heatmaps(model, # maps (B, 1, h, w) normalised frames to (B, 1, f·h, f·w)
 def default_thresholds(target:dict|None=None, # the checkpoint's target (its kind and scale); None: Deep-STORM's heat map
                        n:int=28) -> np.ndarray:
     "Candidate thresholds: from 2 % to 150 % of one isolated molecule's ideal peak, evenly on a log scale."
-    return _ideal_peak(target or {"kind": "heatmap"}) * np.geomspace(0.02, 1.5, n)
+    return ideal_peak(target or {"kind": "heatmap"}) * np.geomspace(0.02, 1.5, n)
 
 def sweep(model, normalizer, stacks:list, # `AnnotatedStack`s
           thresholds=None, # candidate thresholds (default `default_thresholds()`)
@@ -171,5 +171,5 @@ def calibrate_checkpoint(path, # a checkpoint (or a bundled model's name)
     cal = calibrate(model, model.normalizer, stacks, default_thresholds(ck["target"]), device=device)
     cal["stacks"] = [f"{s.name} ({len(s.frames)} frames)" for s in stacks]
     ck["calibration"] = cal
-    save_checkpoint(_checkpoint_path(path) if out is None else out, ck)
+    save_checkpoint(checkpoint_path(path) if out is None else out, ck)
     return cal

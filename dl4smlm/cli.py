@@ -11,16 +11,21 @@ import tifffile
 from pathlib import Path
 
 from . import __version__
-from .simulate import SimulationConfig, make_camera, simulate
-from .io import (SIMULATION_FILES, check_free, load_simulation, read_json, read_localizations, read_pixel_nm, read_stack,
-                        save_simulation, write_localizations)
+from .camera import make_camera
+from .simulate import SimulationConfig, simulate
+from .files import check_free, read_json
+from .io import SIMULATION_FILES, load_simulation, read_pixel_nm, read_stack, save_simulation
+from .tables import read_localizations, write_localizations
 from .models import list_models
 from .calibrate import AnnotatedStack, calibrate_checkpoint
-from .data import NORMALIZATIONS, find_training_data
+from .data import find_training_data
+from .normalize import NORMALIZATIONS
 from .pretrained import bundled_models, describe
-from .train import LOSSES, CheckpointError, TrainingInterrupted, load_checkpoint, train_from_folder
+from .checkpoint import CheckpointError, load_checkpoint
+from .train import LOSSES, TrainingInterrupted
+from .workflow import train_from_folder
 from .localize import render_gaussian
-from .predict import PREDICT_FILES, _save_rendering, predict_to_folder, simulation_beside, stack_camera, stack_pixel_nm
+from .predict import PREDICT_FILES, save_rendering, predict_to_folder, simulation_beside, stack_camera, stack_pixel_nm
 from .fit import SIGMA_GUESS_NM, fit_frames
 from .estimate import estimate_camera, estimate_simulation, read_simulation_config, write_estimate
 from .evaluate import assess, metrics_table, simulation_crlb
@@ -271,7 +276,7 @@ def _fit(args):
     write_localizations(out / FIT_FILES[0], table)
     field = (frames.shape[2] * pixel_nm, frames.shape[1] * pixel_nm)
     render_px = pixel_nm / 8
-    _save_rendering(out / FIT_FILES[1], render_gaussian(table, field, render_px, sigma_nm=20.0), render_px,
+    save_rendering(out / FIT_FILES[1], render_gaussian(table, field, render_px, sigma_nm=20.0), render_px,
                    f"{len(table)} localizations, {len(frames)} frames (MLE fit)")
     print(f"wrote {len(table)} localizations from {len(frames)} frames to {args.out}"
           + (f" (median uncertainty {table['uncertainty [nm]'].median():.1f} nm)" if len(table) else ""))

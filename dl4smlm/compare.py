@@ -19,15 +19,18 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .data import ImageDataset, Normalizer, SimulatedDataset, find_training_data
+from .data import ImageDataset, SimulatedDataset, find_training_data
+from .normalize import Normalizer
 from .evaluate import assess, simulation_crlb
 from .fit import ClassicalFitter
-from .io import read_json
-from .localize import DEFAULT_THRESHOLD, _ideal_peak, predict
+from .files import read_json
+from .localize import DEFAULT_THRESHOLD, ideal_peak, predict
 from .models import SMLMModel, count_macs, count_parameters, get_model, list_models, optimize_for_inference
-from .pretrained import bundled_models, bundled_path
+from .checkpoint import bundled_path
+from .pretrained import bundled_models
 from .simulate import Simulation, SimulationConfig, simulate
-from .train import Trainer, load_checkpoint, load_model, resolve_device
+from .checkpoint import load_checkpoint, load_model, resolve_device
+from .train import Trainer
 
 # %% ../nbs/07a_compare.ipynb #9f975d90
 DENSITIES = (0.5, 1.0, 2.0, 4.0, 6.0) # emitters per µm²: the densities of the comparison (sparse to Deep-STORM's)
@@ -327,7 +330,7 @@ def compare_models(models=("deep-storm", "fid-storm"), # model names (trained he
             elif isinstance(entry, Path):
                 ck = load_checkpoint(entry)
                 thr = threshold if threshold is not None else None if ck.get("calibration") else \
-                    DEFAULT_THRESHOLD * _ideal_peak(ck["target"]) / _ideal_peak({"kind": "heatmap"})   # None: its calibration
+                    DEFAULT_THRESHOLD * ideal_peak(ck["target"]) / ideal_peak({"kind": "heatmap"})   # None: its calibration
                 model = load_model(entry, device=device)
             else:
                 if datasets is None:

@@ -11,9 +11,11 @@ from pathlib import Path
 
 from .simulate import SimulationConfig, make_structure, simulate
 import shutil
-from .io import atomic_write, check_free, move_into_place, partial_folder, save_simulation, write_json
+from .files import atomic_write, check_free, move_into_place, partial_folder, write_json
+from .io import save_simulation
 from .pretrained import bundled_models
-from .train import load_checkpoint, train_from_folder
+from .checkpoint import load_checkpoint
+from .workflow import train_from_folder
 from .predict import predict_checkpoint, predict_to_folder
 from .evaluate import assess, metrics_table, simulation_crlb
 from .visualize import plot_localization_errors, plot_resolution, plot_training

@@ -19,13 +19,18 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from .data import _check_int
 from .losses import L1L2Loss
 from .models import SMLMModel, get_model, optimize_for_inference
 from .simulate import gaussian_kernel
-from .train import Trainer, _dist_env, load_checkpoint, resolve_device, save_checkpoint
+from .checkpoint import dist_env, load_checkpoint, resolve_device, save_checkpoint
+from .train import Trainer
 
 # %% ../nbs/09_distill.ipynb #1535a59c
+def _check_int(name, value, low=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+    return int(value)
+
 def _side_ratio(guided, hint) -> tuple[int, int]:
     "(up, down): the hint's spatial size is `up`/`down` times the guided map's, one of them 1; a ValueError otherwise."
     (hs, ws), (ht, wt) = guided, hint
@@ -261,7 +266,7 @@ def _with_unlabelled(train_data, unlabelled):
 
 
 def _one_process():
-    if _dist_env()[1] > 1:
+    if dist_env()[1] > 1:
         raise RuntimeError("distillation runs in one process (its frozen teacher and η are not shared across DDP ranks); run it without torchrun")
 
 

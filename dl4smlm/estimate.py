@@ -18,9 +18,10 @@ from scipy.spatial import cKDTree
 
 from . import __version__
 from .data import check_ranges
-from .io import read_json, write_json
+from .files import read_json, write_json
 from .fit import SIGMA_GUESS_NM, fit_frames
-from .simulate import Camera, SimulationConfig, make_camera, simulate
+from .camera import Camera, make_camera
+from .simulate import SimulationConfig, simulate
 
 # %% ../nbs/06b_estimate.ipynb #13cf3209
 def sample_frames(frames, # (frames, height, width) stack: an array, a memory map or a `LazyTiffStack`

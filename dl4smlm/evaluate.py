@@ -4,21 +4,29 @@
 
 # %% auto #0
 __all__ = ['MATCH_METHODS', 'exclude_border', 'match_localizations', 'efficiency', 'assess', 'metrics_table', 'ground_truth_crlb',
-           'simulation_crlb', 'image_metrics']
+           'simulation_crlb', 'image_metrics', 'evaluate']
 
 # %% ../nbs/07_evaluate.ipynb #9eba1b9f
 import math
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from torch import nn
+from torch.utils.data import DataLoader
 
-from .io import _check_points
-from .simulate import background_map, crlb
-from .train import image_metrics
+from .checkpoint import resolve_device
+from .crlb import crlb
+from .data import ImageDataset
+from .losses import L1L2Loss
+from .structures import background_map
+from .tables import check_points
+
 
 # %% ../nbs/07_evaluate.ipynb #a8040004
 def _columns(table, label):
@@ -27,7 +35,7 @@ def _columns(table, label):
     if missing:
         raise ValueError(f"{label}: expected columns 'frame', 'x [nm]', 'y [nm]', missing {missing}; "
                          f"found {list(table.columns)}")
-    _check_points(table, label)   # what the CSV reader refuses: frames from 0 or fractional, missing or infinite positions
+    check_points(table, label)   # what the CSV reader refuses: frames from 0 or fractional, missing or infinite positions
     return (table["x [nm]"].to_numpy(np.float64), table["y [nm]"].to_numpy(np.float64),
             table["frame"].to_numpy(np.int64))
 
@@ -220,5 +228,47 @@ def simulation_crlb(ground_truth, # the ground truth of a simulation
     return ground_truth_crlb(ground_truth, bg[rows, cols], config.pixel_nm, camera.excess_noise,
                              camera.params().get("qe", 1.0))
 
-# %% ../nbs/07_evaluate.ipynb #5842368a
-_all_ = ["image_metrics"]
+# %% ../nbs/07_evaluate.ipynb #03d8d2d4
+def image_metrics(prediction, # a super-resolved image (height, width)
+                  target): # its target, same shape
+    """NMSE = Σ(p−t)²/Σt² (not the earlier implementation's (Σ(p−t))²/(Σt)²), NRMSE = √NMSE, PSNR (dB) and SSIM
+    (scikit-image), with the target's range as the data range."""
+    p, t = np.asarray(prediction, np.float64), np.asarray(target, np.float64)
+    if p.shape != t.shape or p.ndim != 2:
+        raise ValueError(f"image_metrics: expected two images of the same (height, width) shape, got {p.shape} and {t.shape}")
+    energy, span = float((t ** 2).sum()), float(t.max() - t.min())
+    nmse = float(((p - t) ** 2).sum()) / energy if energy > 0 else math.nan
+    with np.errstate(divide="ignore"):
+        psnr = float(peak_signal_noise_ratio(t, p, data_range=span)) if span > 0 else math.nan
+    ssim = float(structural_similarity(t, p, data_range=span)) if span > 0 else math.nan
+    return {"nmse": nmse, "nrmse": math.sqrt(nmse), "psnr": psnr, "ssim": ssim}
+
+def _scoring(loss):
+    "Functions applied to (prediction, target) before scoring: an `L1L2Loss` compares blurred predictions (and targets, if it blurs them)."
+    same = lambda x: x
+    if isinstance(loss, L1L2Loss): return loss.blur, loss.blur if loss.blur_target else same
+    return same, same
+
+@torch.no_grad()
+def evaluate(model, # a trained model
+             dataset, # (frame, target) pairs, e.g. the test split (whole frames)
+             device="auto",
+             batch_size:int=4,
+             loss=None, # the training loss: with an `L1L2Loss`, images are compared as it compares them (blurred)
+            ) -> pd.DataFrame:
+    "Per-item image metrics (`image_metrics`) of `model`'s predictions on `dataset`; a column `frame` (from 1) for whole frames of an `ImageDataset`."
+    device = resolve_device(device)
+    training, model = model.training, model.to(device).eval()
+    on_prediction, on_target = _scoring(loss)
+    if isinstance(loss, nn.Module): loss = loss.to(device)
+    rows = []
+    try:
+        for x, y in DataLoader(dataset, batch_size=batch_size):
+            p = on_prediction(model(x.to(device)).float()).cpu().numpy()
+            t = on_target(y.to(device)).cpu().numpy()
+            rows += [image_metrics(pi[0], ti[0]) for pi, ti in zip(p, t)]
+    finally: model.train(training)
+    df = pd.DataFrame(rows, columns=["nmse", "nrmse", "psnr", "ssim"])
+    df.insert(0, "item", np.arange(len(df)))
+    if isinstance(dataset, ImageDataset) and dataset.patch_size is None: df.insert(1, "frame", dataset.indices + 1)
+    return df

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 
-from .simulate import Camera, IdealCamera, Simulation, SimulationConfig, expected_photons, make_camera
+from .camera import Camera, IdealCamera, make_camera
+from .simulate import Simulation, SimulationConfig, expected_photons
 
 # %% ../nbs/06a_fit.ipynb #564373b5
 def photon_noise_model(camera:Camera|None=None, # the camera that recorded the frames; None: frames already in photons (ideal)

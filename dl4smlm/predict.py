@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['PREDICT_FILES', 'PIXEL_TOLERANCE', 'check_pixel_size', 'predict_checkpoint', 'simulation_beside', 'stack_camera',
-           'stack_pixel_nm', 'check_stack', 'predict_to_folder']
+           'stack_pixel_nm', 'check_stack', 'save_rendering', 'predict_to_folder']
 
 # %% ../nbs/06c_predict.ipynb #9910c541
 import csv
@@ -23,15 +23,16 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from .data import PhotonNormalizer
+from .normalize import PhotonNormalizer
 from .estimate import check_data_ranges, estimate_frames
-from .io import (_table_to_write, atomic_write, move_into_place, partial_folder, read_json, read_localizations, read_pixel_nm,
-                        read_stack, write_stack)
-from .localize import (DEFAULT_THRESHOLD, Prediction, _clock, _ideal_peak, _predict_batches, _render_shape, add_scale_bar,
+from .files import atomic_write, move_into_place, partial_folder, read_json
+from .io import read_pixel_nm, read_stack, write_stack
+from .tables import table_to_write, read_localizations
+from .localize import (DEFAULT_THRESHOLD, Prediction, ideal_peak, predict_batches, render_shape, add_scale_bar,
                               plan_tiling, predict, render_gaussian)
 from .models import optimize_for_inference
-from .simulate import make_camera
-from .train import _dist_env, load_checkpoint, load_model, resolve_device
+from .camera import make_camera
+from .checkpoint import dist_env, load_checkpoint, load_model, resolve_device
 
 # %% ../nbs/06c_predict.ipynb #f6ca48e8
 PREDICT_FILES = ("localizations.csv", "super_resolution.tif", "super_resolution.png")
@@ -62,7 +63,7 @@ def _checkpoint_setup(checkpoint, frames, threshold, pixel_nm, device, camera, f
     model = optimize_for_inference(load_model(checkpoint, device=device))
     cal, kwargs = ck.get("calibration") or {}, dict(kwargs)
     if threshold is None:
-        threshold = cal.get("threshold", DEFAULT_THRESHOLD * _ideal_peak(ck["target"]) / _ideal_peak({"kind": "heatmap"}))
+        threshold = cal.get("threshold", DEFAULT_THRESHOLD * ideal_peak(ck["target"]) / ideal_peak({"kind": "heatmap"}))
     if kwargs.get("radius") is None: kwargs["radius"] = cal.get("radius", 1)
     if kwargs.get("refine_radius") is None: kwargs["refine_radius"] = cal.get("refine_radius")
     if kwargs.get("bias_nm") is None and not kwargs.get("flip_average") and cal.get("bias_nm"): kwargs["bias_nm"] = cal["bias_nm"]
@@ -119,7 +120,7 @@ def check_stack(checkpoint, # a checkpoint or a bundled model's name
     except ValueError as e: return [f"could not estimate the stack's σ, photons and background to check them ({e})"]
     return check_data_ranges(found, ranges, sim)
 
-def _save_rendering(path, image, pixel_nm, title):
+def save_rendering(path, image, pixel_nm, title):
     "Write `image` as a PNG with a scale bar, atomically (matplotlib without pyplot: no global figure state)."
     from matplotlib.figure import Figure
     h, w = image.shape
@@ -155,7 +156,7 @@ class _Part:
         self._due, self._cost = 0.0, 0.0
 
     def add(self, end, table, s):
-        table = _table_to_write(table, f"{self.csv} (table to write)")
+        table = table_to_write(table, f"{self.csv} (table to write)")
         table["id"] = np.arange(self.rows + 1, self.rows + len(table) + 1)
         text = table.to_csv(index=False, header=self.bytes == 0, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n").encode()
         with open(self.csv, "ab") as f:
@@ -199,7 +200,7 @@ def _merge_parts(work, world):
 
 def _render_csv(path, field_nm, pixel_nm, sigma_nm, rows=1_000_000):
     "`render_gaussian` of a localization CSV, read a million rows at a time."
-    image = np.zeros(_render_shape(field_nm, pixel_nm))
+    image = np.zeros(render_shape(field_nm, pixel_nm))
     for part in pd.read_csv(path, usecols=["x [nm]", "y [nm]"], chunksize=rows):
         image += render_gaussian(part, field_nm, pixel_nm, sigma_nm)
     return image.astype(np.float32)
@@ -215,6 +216,12 @@ def _release_freed_memory(threshold:int=8 << 20):
     if not sys.platform.startswith("linux"): return
     try: ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold))   # -3: M_MMAP_THRESHOLD; a no-op (returns 0) where unsupported
     except (OSError, AttributeError): pass
+
+def _lap(seconds, key, t0):
+    "Add the time since `t0` to seconds[key]; return now."
+    t = time.perf_counter()
+    seconds[key] = seconds.get(key, 0.0) + t - t0
+    return t
 
 def predict_to_folder(checkpoint, # a .pt file written by dl4smlm.train
                       frames_path, # a TIFF stack (frames, height, width)
@@ -244,7 +251,7 @@ def predict_to_folder(checkpoint, # a .pt file written by dl4smlm.train
     if pixel_nm is None: pixel_nm = stack_pixel_nm(frames_path)
     model_px = load_checkpoint(checkpoint).get("pixel_nm")
     check_pixel_size(pixel_nm, model_px, str(frames_path), force_pixel_size)          # before any compute
-    rank, world, local = _dist_env()
+    rank, world, local = dist_env()
     device = resolve_device(device)
     if world > 1 and device.type == "cuda": device = torch.device("cuda", local)
     if check and rank == 0:
@@ -268,7 +275,7 @@ def predict_to_folder(checkpoint, # a .pt file written by dl4smlm.train
         if world > 1: dist.barrier()
         start, stop = _rank_frames(len(frames), chunk, rank, world)
         part, seconds = _Part(work / f"part-{rank}", start, settings, resume), {}
-        for end, table, s in _predict_batches(model, frames, normalizer, device=device, progress=progress and rank == 0,
+        for end, table, s in predict_batches(model, frames, normalizer, device=device, progress=progress and rank == 0,
                                               start=part.done, stop=stop, seconds=seconds, **kw):
             part.add(end, table, s)
         part.save()
@@ -278,12 +285,12 @@ def predict_to_folder(checkpoint, # a .pt file written by dl4smlm.train
         rows, total = _merge_parts(work, world)
         q = kw["pixel_nm"] / f
         write_stack(work / PREDICT_FILES[1], total.astype(np.float32)[None], pixel_nm=q)
-        t = _clock(seconds, "write", t, torch.device("cpu"))
+        t = _lap(seconds, "write", t)
         px = q if render_pixel_nm is None else render_pixel_nm
         field_nm = (W * kw["pixel_nm"], H * kw["pixel_nm"])
-        _save_rendering(work / PREDICT_FILES[2], _render_csv(work / PREDICT_FILES[0], field_nm, px, sigma_nm), px,
+        save_rendering(work / PREDICT_FILES[2], _render_csv(work / PREDICT_FILES[0], field_nm, px, sigma_nm), px,
                         f"{rows} localizations, {len(frames)} frames")
-        _clock(seconds, "render", t, torch.device("cpu"))
+        _lap(seconds, "render", t)
         _finish(work, out)
     finally:
         if owns_group: dist.destroy_process_group()

@@ -22,10 +22,12 @@ from matplotlib.patches import Circle, Rectangle
 
 from .data import ImageDataset
 from .evaluate import assess, match_localizations, simulation_crlb
-from .localize import DEFAULT_THRESHOLD, Prediction, _positions, add_scale_bar, find_peaks, predict, render_gaussian
+from .localize import DEFAULT_THRESHOLD, Prediction, add_scale_bar, find_peaks, predict, render_gaussian
 from .predict import predict_checkpoint
-from .simulate import CAMERAS, SimulationConfig, render_heatmap, render_spikes, simulate
-from .train import LOSSES, History, Trainer, load_checkpoint
+from .camera import CAMERAS
+from .simulate import SimulationConfig, render_heatmap, render_spikes, simulate
+from .checkpoint import load_checkpoint
+from .train import LOSSES, History, Trainer
 
 # %% ../nbs/08_visualize.ipynb #c88ac6d6
 class _Figure(Figure):
@@ -221,6 +223,11 @@ def _try_fit(u, counts, n):
     if np.count_nonzero(counts) < 3 * n: return None
     try: return fit_peaks(u, counts, n)
     except (RuntimeError, ValueError): return None
+
+def _positions(table):
+    missing = [c for c in ("x [nm]", "y [nm]") if c not in table]
+    if missing: raise ValueError(f"localizations: expected columns 'x [nm]' and 'y [nm]', missing {missing}; found {list(table.columns)}")
+    return table["x [nm]"].to_numpy(np.float64), table["y [nm]"].to_numpy(np.float64)
 
 def line_profile(localizations, # a table with "x [nm]" and "y [nm]"
                  centre_nm, # (x, y) of the profile's middle, nm

@@ -323,7 +323,7 @@ def _wait_for(proc, path, timeout=120):
         time.sleep(0.05)
 
 def test_sigint_during_training_leaves_a_resumable_checkpoint(case):
-    from dl4smlm.train import load_checkpoint
+    from dl4smlm.checkpoint import load_checkpoint
     proc = subprocess.Popen([EXE, "train", "--simulate", "--size", "32", "--model", "srcnn", "--upsampling", "2", "--epochs", "50",
                              "--samples-per-epoch", "16", "--batch-size", "8", "--patch-size", "16", "--device", "cpu",
                              "--out", str(case/"run.pt")], stderr=subprocess.PIPE, text=True, cwd=case)

@@ -9,12 +9,14 @@ from torch import nn
 
 from dl4smlm.calibrate import AnnotatedStack, calibration_stacks, choose, default_thresholds, refine_window, sweep
 from dl4smlm.compare import OracleModel
-from dl4smlm.data import (Normalizer, PhotonNormalizer, SimulatedDataset, check_ranges, draw_config, normalizer_from_dict)
+from dl4smlm.data import SimulatedDataset, check_ranges, draw_config
+from dl4smlm.normalize import Normalizer, PhotonNormalizer, normalizer_from_dict
 from dl4smlm.evaluate import assess
 from dl4smlm.localize import DEFAULT_THRESHOLD, localize_heatmaps, predict
 from dl4smlm.predict import predict_checkpoint
 from dl4smlm.simulate import SimulationConfig, simulate
-from dl4smlm.train import load_checkpoint, load_model, save_checkpoint, train_from_folder
+from dl4smlm.checkpoint import load_checkpoint, load_model, save_checkpoint
+from dl4smlm.workflow import train_from_folder
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -69,7 +69,7 @@ def trained(tmp_path_factory):
     return d
 
 def test_train_writes_a_checkpoint_and_refuses_to_overwrite(trained):
-    from dl4smlm.train import load_checkpoint
+    from dl4smlm.checkpoint import load_checkpoint
     ck = load_checkpoint(trained/"model.pt")
     assert ck["model"]["name"] == "fid-storm" and ck["upsampling"] == 4
     r = run("train", trained/"data", "--epochs", "1", "--out", trained/"model.pt")
@@ -149,7 +149,7 @@ def test_train_with_ranges_and_calibration(tmp_path):
     r = run("train", "--simulate", "--size", "32", "--density", "0.5:4", "--photons", "1000:3000", "--model", "srcnn", "--upsampling", "2",
             "--epochs", "1", "--samples-per-epoch", "16", "--batch-size", "8", "--patch-size", "16", "--device", "cpu", "--out", tmp_path/"m.pt")
     assert r.returncode == 0, r.stderr
-    from dl4smlm.train import load_checkpoint
+    from dl4smlm.checkpoint import load_checkpoint
     ck = load_checkpoint(tmp_path/"m.pt")
     assert ck["data"]["ranges"] == {"density": [0.5, 4.0], "photons": [1000.0, 3000.0]}
     assert ck["simulation"]["density"] == pytest.approx((0.5 * 4) ** 0.5) and ck["normalizer"]["frame_scaling"] == "photons"
@@ -168,7 +168,7 @@ def test_calibrate_command(trained, tmp_path):
     before = (trained/"model.pt").read_bytes()
     r = run("calibrate", trained/"model.pt", trained/"data", "--out", tmp_path/"cal.pt", "--device", "cpu")
     assert r.returncode == 0, r.stderr
-    from dl4smlm.train import load_checkpoint
+    from dl4smlm.checkpoint import load_checkpoint
     assert load_checkpoint(tmp_path/"cal.pt")["calibration"]["stacks"] == [f"{trained/'data'} (6 frames)"]
     assert (trained/"model.pt").read_bytes() == before                       # the input is not touched
     r = run("calibrate", trained/"model.pt", trained/"data", "--out", tmp_path/"cal.pt", "--device", "cpu")

@@ -10,8 +10,9 @@ import pytest
 from dl4smlm.cli import main
 from dl4smlm.evaluate import assess
 from dl4smlm.formats import read_table
-from dl4smlm.io import read_localizations, read_pixel_nm
-from dl4smlm.train import load_checkpoint
+from dl4smlm.io import read_pixel_nm
+from dl4smlm.tables import read_localizations
+from dl4smlm.checkpoint import load_checkpoint
 
 EMCCD = ["--camera", "emccd", "--baseline", "100", "--e-per-adu", "45", "--em-gain", "300"]   # the simulator's EMCCD, as a user types it
 

@@ -15,10 +15,10 @@ from fastcore.test import test_close as assert_close, test_eq as assert_eq
 
 from dl4smlm.compare import (DENSITIES, MixedDensityDataset, OracleModel, compare_models, grid_floor_nm, make_test_sets,
                              plot_comparison, score_model)
-from dl4smlm.data import Normalizer
+from dl4smlm.normalize import Normalizer
 from dl4smlm.models import count_parameters, get_model
 from dl4smlm.simulate import SimulationConfig
-from dl4smlm.train import load_model
+from dl4smlm.checkpoint import load_model
 
 SMALL = SimulationConfig(height=32, width=32)
 TINY = dict(densities=(1.0, 4.0), test_frames=4, upsampling=4, epochs=1, samples_per_epoch=32, valid_samples=8,

@@ -9,8 +9,10 @@ import tifffile
 import torch
 from torch.utils.data import DataLoader
 
-from dl4smlm.data import (ImageDataset, Normalizer, SimulatedDataset, dihedral, find_training_data, split_frames)
-from dl4smlm.io import save_simulation, write_localizations, write_stack
+from dl4smlm.data import ImageDataset, SimulatedDataset, dihedral, find_training_data, split_frames
+from dl4smlm.normalize import Normalizer
+from dl4smlm.io import save_simulation, write_stack
+from dl4smlm.tables import write_localizations
 from dl4smlm.simulate import SimulationConfig, render_heatmap, render_spikes, simulate
 
 

@@ -8,10 +8,11 @@ from fastcore.test import test_close as assert_close
 from fastcore.test import test_eq as assert_eq
 from torch.utils.data import Dataset
 
-from dl4smlm.data import Normalizer, SimulatedDataset
+from dl4smlm.data import SimulatedDataset
+from dl4smlm.normalize import Normalizer
 from dl4smlm.distill import (AttentiveImitationLoss, HintRegressor, attention_eta, hint_loss, hint_training, knowledge_transfer,
                              load_hint_regressor, relative_error, save_student, teacher_confidence, teacher_errors)
-from dl4smlm.train import load_model
+from dl4smlm.checkpoint import load_model
 from dl4smlm.losses import L1L2Loss
 from dl4smlm.models import get_model
 from dl4smlm.simulate import SimulationConfig

@@ -10,7 +10,7 @@ import pytest
 from fastcore.test import test_close as assert_close, test_eq as assert_eq
 
 from dl4smlm.evaluate import assess, efficiency, exclude_border, ground_truth_crlb, match_localizations
-from dl4smlm.simulate import crlb
+from dl4smlm.crlb import crlb
 
 
 def table(frame, x, y, index=None):

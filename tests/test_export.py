@@ -12,7 +12,8 @@ from dl4smlm.data import SimulatedDataset
 from dl4smlm.export import export_checkpoint, localize_exported, read_export, size_multiple, validate_bioimageio
 from dl4smlm.localize import localize_heatmaps
 from dl4smlm.simulate import SimulationConfig, simulate
-from dl4smlm.train import Trainer, load_model
+from dl4smlm.checkpoint import load_model
+from dl4smlm.train import Trainer
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")   # TorchScript is deprecated, still what deepImageJ reads

@@ -8,7 +8,7 @@ from fastcore.test import test_close as assert_close, test_eq as assert_eq
 from dl4smlm.compare import compare_models
 from dl4smlm.evaluate import match_localizations
 from dl4smlm.fit import FIT_COLUMNS, ClassicalFitter, fit_frames, isolated_stack
-from dl4smlm.io import LOCALIZATION_COLUMNS
+from dl4smlm.tables import LOCALIZATION_COLUMNS
 from dl4smlm.simulate import SimulationConfig, simulate
 
 
@@ -65,7 +65,8 @@ def test_columns_and_conventions():
 
 def test_molecules_at_the_edge_are_fitted_not_dropped():
     cfg = SimulationConfig(frames=1, height=16, width=16, camera="ideal", photons=4000, photons_sd=0, background=5)
-    from dl4smlm.simulate import expected_photons, make_camera
+    from dl4smlm.camera import make_camera
+    from dl4smlm.simulate import expected_photons
     truth = pd.DataFrame({"frame": [1, 1], "x [nm]": [60.0, 1530.0], "y [nm]": [800.0, 70.0], "sigma [nm]": [110.0] * 2,
                           "intensity [photon]": [4000.0] * 2})
     frames = make_camera("ideal").apply(expected_photons(truth, cfg), np.random.default_rng(0))

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from dl4smlm.formats import FORMATS, convert, detect_format, read_table, write_table
-from dl4smlm.io import write_localizations
+from dl4smlm.tables import write_localizations
 
 NAMES = {"thunderstorm": "t.csv", "picasso": "t.hdf5", "decode-h5": "t.h5", "decode-csv": "t_decode.csv", "smap": "t_smap.csv"}
 

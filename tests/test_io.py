@@ -14,8 +14,9 @@ import tifffile
 
 from dl4smlm import __version__
 from dl4smlm import io
-from dl4smlm.io import (LOCALIZATION_COLUMNS, LazyTiffStack, atomic_write, read_json, read_localizations,
-                        read_stack, write_json, write_localizations, write_stack)
+from dl4smlm.files import atomic_write, read_json, write_json
+from dl4smlm.io import LazyTiffStack, read_stack, write_stack
+from dl4smlm.tables import LOCALIZATION_COLUMNS, read_localizations, write_localizations
 
 
 def _leftovers(folder):

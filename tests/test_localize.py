@@ -8,7 +8,8 @@ from fastcore.test import test_close as assert_close, test_eq as assert_eq
 from scipy.spatial import cKDTree
 from torch import nn
 
-from dl4smlm.io import read_localizations, read_stack, write_stack
+from dl4smlm.io import read_stack, write_stack
+from dl4smlm.tables import read_localizations
 from dl4smlm.localize import (FlipAverage, Prediction, find_peaks, localize_heatmaps, predict, refine_peaks, render_gaussian,
                               render_histogram, tiled_forward)
 from dl4smlm.models import get_model
@@ -192,7 +193,7 @@ def test_predict_keeps_the_model_mode_and_refuses_bad_stacks():
 
 
 def test_prediction_renders_and_writes_a_thunderstorm_table(tmp_path):
-    from dl4smlm.io import write_localizations
+    from dl4smlm.tables import write_localizations
     pred = predict(LocalConv(), np.random.default_rng(1).normal(size=(3, 16, 16)).astype(np.float32), threshold=0.5, progress=False)
     assert_eq(pred.render().shape, pred.super_resolution.shape)     # default: the fine grid
     assert_eq(pred.render(pixel_nm=10, method="histogram").sum(), len(pred.localizations))
@@ -243,7 +244,7 @@ def checkpoint(tmp_path_factory):
 
 def test_predict_checkpoint_uses_the_checkpoint_settings(checkpoint, monkeypatch):
     import dl4smlm.predict as pr
-    from dl4smlm.train import load_model
+    from dl4smlm.checkpoint import load_model
     path, sim = checkpoint
     pred = pr.predict_checkpoint(path, sim.frames, threshold=0.0, progress=False)
     assert_eq((pred.pixel_nm, pred.upsampling, pred.n_frames), (110.0, 4, 6))
@@ -320,7 +321,7 @@ def test_symmetric_model_through_the_whole_pipeline_has_no_bias(name):
     from dl4smlm.evaluate import assess
     from dl4smlm.localize import predict
     from dl4smlm.simulate import SimulationConfig, simulate
-    from dl4smlm.train import load_model
+    from dl4smlm.checkpoint import load_model
     model = load_model(name)
     sim = simulate(SimulationConfig(frames=6, height=48, width=48, density=1.0, photons=3000.0, background=10.0, seed=4))
     W = H = 48 * 100.0

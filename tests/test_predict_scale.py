@@ -13,7 +13,7 @@ from dl4smlm.io import LazyTiffStack, read_stack, save_simulation
 from dl4smlm.localize import plan_tiling, predict
 from dl4smlm.predict import PREDICT_FILES, predict_to_folder
 from dl4smlm.simulate import SimulationConfig, simulate
-from dl4smlm.train import load_model
+from dl4smlm.checkpoint import load_model
 
 BIN = Path(sys.executable).parent
 MODEL = "fid-storm-x4-emccd"

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from dl4smlm.io import read_localizations, read_stack
+from dl4smlm.io import read_stack
+from dl4smlm.tables import read_localizations
 from dl4smlm.predict import predict_checkpoint
-from dl4smlm.pretrained import PRETRAINED, bundled_models, bundled_path, describe, weights_dir
+from dl4smlm.checkpoint import bundled_path, weights_dir
+from dl4smlm.pretrained import PRETRAINED, bundled_models, describe
 from dl4smlm.simulate import SimulationConfig, simulate
-from dl4smlm.train import load_checkpoint, load_model
+from dl4smlm.checkpoint import load_checkpoint, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 EXE = str(Path(sys.executable).parent/"dl4smlm")

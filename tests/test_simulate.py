@@ -10,9 +10,11 @@ from fastcore.test import test_close as assert_close, test_eq as assert_eq
 from scipy.signal import convolve2d
 from scipy.special import erf
 
-from dl4smlm.simulate import (PSF, GROUND_TRUTH_COLUMNS, GaussianPSF, Simulation, SimulationConfig, background_map,
-                              blink_states, crlb, expected_photons, gaussian_kernel, make_camera, mortensen_precision,
-                              render_heatmap, render_spikes, sample_photons, simulate)
+from dl4smlm.camera import make_camera
+from dl4smlm.crlb import crlb, mortensen_precision
+from dl4smlm.simulate import (PSF, GROUND_TRUTH_COLUMNS, GaussianPSF, Simulation, SimulationConfig, expected_photons,
+                              gaussian_kernel, render_heatmap, render_spikes, simulate)
+from dl4smlm.structures import background_map, blink_states, sample_photons
 
 
 def one_emitter(x, y, photons=3e5, sigma=110.0, frame=1):

@@ -13,15 +13,17 @@ import pytest
 import torch
 from torch import nn
 
-import dl4smlm.train as train_module
-from dl4smlm.data import ImageDataset, Normalizer
+import dl4smlm.checkpoint as train_module
+from dl4smlm.data import ImageDataset
+from dl4smlm.normalize import Normalizer
 from dl4smlm.io import save_simulation, write_stack
 from dl4smlm.losses import WeightedMSELoss
 from dl4smlm.pretrained import bundled_models
 from dl4smlm.simulate import SimulationConfig, simulate
-from dl4smlm.train import (CHECKPOINT_FORMAT, LOSSES, CheckpointError, History, TrainConfig, Trainer, TrainingInterrupted,
-                           evaluate, image_metrics, load_checkpoint, load_model, make_loss, resolve_device, save_checkpoint,
-                           train_from_folder)
+from dl4smlm.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_model, resolve_device, save_checkpoint
+from dl4smlm.evaluate import evaluate, image_metrics
+from dl4smlm.train import LOSSES, History, TrainConfig, Trainer, TrainingInterrupted, make_loss
+from dl4smlm.workflow import train_from_folder
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -465,7 +467,8 @@ def test_train_from_a_simulation(tmp_path):
 
 DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
-from dl4smlm.train import train_from_folder, load_model
+from dl4smlm.checkpoint import load_model
+from dl4smlm.workflow import train_from_folder
 path, h = train_from_folder(sys.argv[1], out=sys.argv[2], model="u-storm", upsampling=2, loss="l1l2", epochs=2, batch_size=4,
                             patch_size=8, min_emitters=1, patches_per_frame=2, test=0.0, progress=False)
 print("RESULT", dist.is_initialized(), h.valid_loss)

@@ -11,7 +11,8 @@ from fastcore.test import test_eq as assert_eq
 from dl4smlm.data import ImageDataset
 from dl4smlm.localize import predict
 from dl4smlm.simulate import render_heatmap, render_spikes, simulate
-from dl4smlm.train import Trainer, load_model
+from dl4smlm.checkpoint import load_model
+from dl4smlm.train import Trainer
 from dl4smlm.visualize import (loss_explorer, loss_view, model_explorer, model_view, output_sparsity, plot_intensity_histograms,
                                plot_localization_errors, plot_prediction, plot_training, simulation_explorer, simulation_view)
 
@@ -95,7 +96,8 @@ def test_plot_prediction_refuses_a_prediction_of_several_frames(sim, checkpoint)
 
 
 def test_plot_training_from_checkpoint_history_and_dict(checkpoint):
-    from dl4smlm.train import History, load_checkpoint
+    from dl4smlm.checkpoint import load_checkpoint
+    from dl4smlm.train import History
     h = load_checkpoint(checkpoint)["history"]
     for source in (checkpoint, h, History.from_dict(h)):
         fig = plot_training(source)

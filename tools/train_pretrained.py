@@ -13,9 +13,11 @@ from pathlib import Path
 import torch
 
 from dl4smlm.calibrate import calibrate_checkpoint
-from dl4smlm.pretrained import PRETRAINED, describe, weights_dir
+from dl4smlm.checkpoint import weights_dir
+from dl4smlm.pretrained import PRETRAINED, describe
 from dl4smlm.simulate import SimulationConfig
-from dl4smlm.train import load_checkpoint, save_checkpoint, train_from_folder
+from dl4smlm.checkpoint import load_checkpoint, save_checkpoint
+from dl4smlm.workflow import train_from_folder
 
 WORK = Path(__file__).resolve().parent / "_work"
 
