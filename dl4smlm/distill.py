@@ -235,6 +235,11 @@ class DistillResult:
     distance:str = "l1l2" # the distance of Φ and η ('l1l2' or 'mse')
     guided:str|None = None # hint training: the student's guided layer and the teacher's hint layer
     hint:str|None = None
+    loss:dict|None = None # the loss the student was trained with last, as a checkpoint records it ({'name', 'kwargs'})
+
+def _loss_spec(dist):
+    "The checkpoint's record of a distillation distance: the MSE, or L1L2 with its λ (what `_distance(None, student)` reads back)."
+    return {"name": "mse", "kwargs": {}} if dist is None else {"name": "l1l2", "kwargs": {"lam": float(dist.lam)}}
 
 
 class _WithUnlabelled(torch.utils.data.Dataset):
@@ -394,7 +399,7 @@ def hint_training(student, # the student: an `SMLMModel` or a model name (built 
         torch.manual_seed(seed)
         regressor = HintRegressor.between(student, frozen, guided, hint, example, kernel_size)
     result = DistillResult(student, eta=_eta(eta, attentive, frozen, train_data, dist, settings), regressor=regressor,
-                           distance="mse" if dist is None else "l1l2", guided=guided, hint=hint)
+                           distance="mse" if dist is None else "l1l2", guided=guided, hint=hint, loss=_loss_spec(dist))
     hinting, later = _Hinting(student, frozen, guided, hint, regressor), _after_guided(student, guided, example)
     try:
         for p in later: p.requires_grad_(False)
@@ -403,7 +408,10 @@ def hint_training(student, # the student: an `SMLMModel` or a model name (built 
         _fit(stage1, hinting, valid_data, "hint", result)
     finally:
         for p in later: p.requires_grad_(True)
-    if epochs: _fit(Trainer(student, loss, train_data, valid_data, epochs=epochs, **settings), student, valid_data, "task", result)
+    if epochs:
+        task = Trainer(student, loss, train_data, valid_data, epochs=epochs, **settings)
+        result.loss = dict(task.loss_spec)   # stage 2 trains the whole student on the task loss: that is the loss it was trained with
+        _fit(task, student, valid_data, "task", result)
     return _done(student, train_data, result)
 
 # %% ../nbs/09_distill.ipynb #dedc9ee1
@@ -474,7 +482,8 @@ def knowledge_transfer(student, # the student: an `SMLMModel` or a model name (b
     student = _student(student, train_data, seed)
     frozen = _frozen(teacher, student, train_data)
     dist = _distance(distance, teacher, train_data)
-    result = DistillResult(student, eta=_eta(eta, True, frozen, train_data, dist, settings), distance="mse" if dist is None else "l1l2")
+    result = DistillResult(student, eta=_eta(eta, True, frozen, train_data, dist, settings), distance="mse" if dist is None else "l1l2",
+                           loss=_loss_spec(dist))
     loss = AttentiveImitationLoss(result.eta, alpha, "mse" if dist is None else dist)
     imitating = _Imitating(student, frozen)
     _fit(Trainer(imitating, loss, _with_unlabelled(train_data, unlabelled), valid_data, epochs=epochs, **settings), imitating,
@@ -489,7 +498,9 @@ def save_student(result:DistillResult, # what `hint_training` or `knowledge_tran
                  overwrite:bool=False, # replace an existing file
                 ):
     """Write the distilled student as a dl4smlm checkpoint that `load_model` and `dl4smlm predict` read; returns its path.
-    How it was distilled (stages, η, distance) is stored under 'distillation', with the hint regressor's weights (`load_hint_regressor`)."""
+    How it was distilled (stages, η, distance) is stored under 'distillation', with the hint regressor's weights (`load_hint_regressor`);
+    the checkpoint's `loss` is the one the student was trained with last (the task loss of hint training, the imitation
+    distance of knowledge transfer), which a distillation from this student as teacher reads (`distance=None`)."""
     path = Path(path)
     if path.exists() and not overwrite: raise FileExistsError(f"{path}: already exists; pass overwrite=True to replace it")
     student = copy.deepcopy(result.student).cpu()
@@ -499,6 +510,7 @@ def save_student(result:DistillResult, # what `hint_training` or `knowledge_tran
         trainer.epoch = max(1, len(trainer.history.epoch))   # a trained student: its epochs finished (load_model refuses unfinished runs)
         ck = trainer.checkpoint(resume=False)
     finally: trainer.close()
+    ck["loss"] = dict(result.loss or {"name": result.distance, "kwargs": {}})   # the loss it was distilled with, not the placeholder above
     r = result.regressor
     ck["distillation"] = {"stages": list(result.histories), "eta": result.eta, "distance": result.distance,
                           "guided": result.guided, "hint": result.hint,

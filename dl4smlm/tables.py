@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['LOCALIZATION_COLUMNS', 'to_thunderstorm', 'check_points', 'table_to_write', 'write_checked_table',
-           'write_localizations', 'csv_preamble', 'read_localizations']
+           'write_localizations', 'csv_preamble', 'csv_columns', 'read_localizations']
 
 # %% ../nbs/01a_tables.ipynb #9d9dfe79
 import csv
@@ -116,10 +116,34 @@ def table_to_write(df, label):
     if "id" not in table: table.insert(0, "id", np.arange(1, len(table) + 1))
     return table
 
+def _cells(col, name, label):
+    """A column as the text ThunderSTORM's importer reads as numbers (`DLMImportExport.importFromFile` parses every cell with
+    Java's DecimalFormat): True/False as 1/0, NaN as "NaN", ±inf as "±Infinity", and no exponent (DecimalFormat knows
+    only "E" and stops silently at "e": 1e-05 would read as 1)."""
+    a = col.to_numpy()
+    if a.dtype.kind == "b": return a.astype(np.int8).astype(str)
+    if a.dtype.kind in "iu": return a.astype(str)
+    if a.dtype.kind != "f":
+        try: a = pd.to_numeric(col).to_numpy()
+        except (TypeError, ValueError):
+            bad = next(v for v in col if not isinstance(v, (int, float, np.number)))
+            raise ValueError(f"{label}: column {name!r} holds {bad!r}; ThunderSTORM's importer reads every cell as a number "
+                             "(a row with text is skipped): drop the column or encode it as numbers") from None
+        if a.dtype.kind in "biu": return _cells(pd.Series(a), name, label)
+    a = a.astype(np.float64)
+    text = a.astype(str).astype(object)
+    for bad, word in ((np.isnan(a), "NaN"), (a == np.inf, "Infinity"), (a == -np.inf, "-Infinity")): text[bad] = word
+    exp = np.isfinite(a) & (np.char.find(text.astype(str), "e") >= 0)
+    text[exp] = [np.format_float_positional(v, trim="0") for v in a[exp]]
+    return text
+
 def write_checked_table(path, table):
-    "Write a table from `table_to_write` as a ThunderSTORM CSV, atomically."
+    "Write a table from `table_to_write` as a ThunderSTORM CSV, atomically: quoted names, then numbers only (see `_cells`)."
+    label = f"{path} (table to write)"
+    cells = pd.DataFrame({c: _cells(table[c], c, label) for c in table.columns}) if len(table.columns) else table
     with atomic_write(path, "w", newline="") as f:
-        table.to_csv(f, index=False, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
+        f.write(",".join('"' + str(c).replace('"', '""') + '"' for c in table.columns) + "\n")
+        cells.to_csv(f, index=False, header=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
 
 def write_localizations(path, # the .csv file to create or replace
                         df, # localizations; the same column names as `read_localizations` accepts
@@ -157,6 +181,17 @@ def _decode_px_size(meta, path):
                          "expected one or two pixel sizes in nm")
     return tuple(float(v) for v in np.broadcast_to(px, (2,)))
 
+def csv_columns(path, comments, sep):
+    "The column names of a CSV's header line as written (before pandas renames a repeated one 'x.1'); raise on a repeated name."
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        lines = (line for i, line in enumerate(f) if i not in comments and line.strip())
+        header = next(lines, "")
+    names = [c.strip() for c in next(csv.reader([header], delimiter=sep), [])]
+    dups = sorted({c for c in names if names.count(c) > 1})
+    if dups: raise ValueError(f"{path}: column{'s' if len(dups) > 1 else ''} {dups} appear{'' if len(dups) > 1 else 's'} more than once "
+                              "in the header; keep one of each (which one holds the data cannot be told from the file)")
+    return names
+
 def read_localizations(path, # a ThunderSTORM CSV, or a CSV with the accepted alternative column names
                       ):
     "Read a localization table with ThunderSTORM's column names; `df.attrs['column_mapping']` says which file column became which."
@@ -164,6 +199,7 @@ def read_localizations(path, # a ThunderSTORM CSV, or a CSV with the accepted al
     check_file(path, "a localization table (CSV)")
     try:
         comments, meta, sep = csv_preamble(path)
+        csv_columns(path, comments, sep)
         df = pd.read_csv(path, sep=sep, skiprows=comments, encoding="utf-8-sig")
     except UnicodeDecodeError as e: raise _not_text(path, e) from e
     except pd.errors.EmptyDataError as e:
@@ -171,7 +207,16 @@ def read_localizations(path, # a ThunderSTORM CSV, or a CSV with the accepted al
     except pd.errors.ParserError as e: raise ValueError(f"{path}: not a valid CSV table ({e})") from e
     px = _decode_px_size(meta, path)
     known = ("x", "y") if meta.get("xy_unit") in ("nm", "px") else ()
+    decode = meta.get("xy_unit") in ("nm", "px") and {"x", "y"} <= {str(c).strip() for c in df.columns}
     out = to_thunderstorm(df, str(path), px_size_nm=px, units_known=known, stacklevel=3, xy_unit=meta.get("xy_unit"))
+    if decode:  # DECODE's x is the image row (DeltaPSF writes frames[n, x_ix, y_ix]) and px_size follows it: x, y swap places
+        out["x [nm]"], out["y [nm]"] = out["y [nm]"].to_numpy(), out["x [nm]"].to_numpy()
+        mapping = out.attrs["column_mapping"]
+        for ours, theirs in (("x [nm]", "y [nm]"), ("y [nm]", "x [nm]")):
+            src = next(s for s, c in mapping.items() if c == ours)
+            mapping[src] = theirs
+        out.attrs["column_mapping"] = mapping
+        _log.info("%s: DECODE's x (image row) read as y [nm] and its y (column) as x [nm]", path)
     if px is not None: _log.info("%s: x/y converted from DECODE %s (pixel centres at integer px) to nm with px_size %s, "
                                  "pixel centres at (i + 1/2)·px_size", path, meta["xy_unit"], px)
     out.attrs["source"] = str(path)

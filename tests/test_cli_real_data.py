@@ -96,7 +96,9 @@ def test_convert_round_trip_and_pixel_size(tmp_path, capsys):
     assert (tmp_path/"locs.yaml").is_file()
     assert exit_code(["convert", tmp_path/"locs.hdf5", tmp_path/"locs.h5"]) == 0
     assert exit_code(["convert", tmp_path/"locs.h5", tmp_path/"smap.csv", "--to", "smap"]) == 0
-    assert exit_code(["convert", tmp_path/"smap.csv", tmp_path/"back.csv"]) == 0
+    assert exit_code(["convert", tmp_path/"smap.csv", tmp_path/"back.csv"]) == 2            # SMAP's fitter origin needs the pixel size
+    assert "--pixel-nm" in capsys.readouterr().err and not (tmp_path/"back.csv").exists()
+    assert exit_code(["convert", tmp_path/"smap.csv", tmp_path/"back.csv", "--pixel-nm", "100"]) == 0
     a, b = read_localizations(src), read_table(tmp_path/"back.csv")
     np.testing.assert_allclose(b[["x [nm]", "y [nm]"]].to_numpy(), a[["x [nm]", "y [nm]"]].to_numpy(), atol=0.01)
     assert (b["frame"].to_numpy() == a["frame"].to_numpy()).all()

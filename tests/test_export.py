@@ -78,13 +78,17 @@ def test_min_max_checkpoint_exports_match_pytorch_and_package_validates(tmp_path
     assert validate_bioimageio(package) is not None
 
 
-def test_existing_folder_is_refused_and_untouched(tmp_path):
+def test_an_earlier_export_is_refused_and_other_files_untouched(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
+    (out / "dl4smlm.json").write_text("{}")                         # an earlier export: replaced only with overwrite
     with pytest.raises(FileExistsError, match="overwrite"):
-        export_checkpoint("fid-storm-x4-emccd", out)
-    assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "keep"
+        export_checkpoint("fid-storm-x4-emccd", out, formats="torchscript")
+    assert sorted(p.name for p in out.iterdir()) == ["dl4smlm.json", "mine.txt"] and (out / "mine.txt").read_text() == "keep"
+    export_checkpoint("fid-storm-x4-emccd", out, formats="torchscript", overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["dl4smlm.json", "mine.txt", "model.torchscript.pt"]
+    assert (out / "mine.txt").read_text() == "keep"                # --overwrite replaces the export's files, never others
 
 
 def test_bad_input_is_refused_clearly(tmp_path):
@@ -110,4 +114,4 @@ def test_failed_export_leaves_nothing(tmp_path, monkeypatch):
     assert [p.name for p in out.parent.iterdir()] == ["out"] and (out / "old.txt").read_text() == "old"
     monkeypatch.setattr(export, "TOLERANCE", 1e-4)
     export_checkpoint(ckpt, out, formats="torchscript", overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["dl4smlm.json", "model.torchscript.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["dl4smlm.json", "model.torchscript.pt", "old.txt"]   # a file not the export's stays

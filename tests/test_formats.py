@@ -31,7 +31,7 @@ def test_round_trip_through_convert(tmp_path, fmt, z):
     write_localizations(tmp_path / "in.csv", truth)
     mid = convert(tmp_path / "in.csv", tmp_path / NAMES[fmt], dst_format=fmt, pixel_nm=100)
     assert detect_format(mid) == fmt
-    back = read_table(convert(mid, tmp_path / "back.csv"))
+    back = read_table(convert(mid, tmp_path / "back.csv", pixel_nm=100 if fmt == "smap" else None))
     assert back["frame"].tolist() == truth["frame"].tolist()
     for c in ("x [nm]", "y [nm]", *(("z [nm]",) if z else ())):
         assert np.abs(back[c] - truth[c]).max() < 0.01, c
@@ -85,16 +85,17 @@ def _decode_h5(path, xyz, unit, px_size, frame_ix, xyz_sig=None):
 
 
 def test_read_decode_h5_as_decode_writes_it(tmp_path):
+    # DECODE's xyz[:, 0] is the image row (DeltaPSF.forward: frames[n, x_ix, y_ix]) and px_size follows xyz: (row, column)
     _decode_h5(tmp_path / "emitters.h5", [[0, 0, 0], [10.2, 3.7, -120]], "px", [100.0, 110.0], [0, 4],
                xyz_sig=[[0.1, 0.2, 30.0], [0.3, 0.1, 40.0]])
     df = read_table(tmp_path / "emitters.h5")
-    assert df.attrs["source_format"] == "decode-h5" and df.attrs["pixel_nm"] == (100.0, 110.0)
+    assert df.attrs["source_format"] == "decode-h5" and df.attrs["pixel_nm"] == (110.0, 100.0)   # (x, y) = (column, row)
     assert df["frame"].tolist() == [1, 5]
-    np.testing.assert_allclose(df[["x [nm]", "y [nm]", "z [nm]"]].to_numpy(), [[50, 55, 0], [1070, 462, -120]], atol=1e-3)
+    np.testing.assert_allclose(df[["x [nm]", "y [nm]", "z [nm]"]].to_numpy(), [[55, 50, 0], [462, 1070, -120]], atol=1e-3)
     np.testing.assert_allclose(df["uncertainty [nm]"], [(10 + 22) / 2, (30 + 11) / 2], rtol=1e-6)
     assert df["intensity [photon]"].tolist() == [1200.0] * 2 and "id" not in df  # DECODE's id -1: none
     _decode_h5(tmp_path / "nm.h5", [[0, 0, 0], [250, 40, 0]], "nm", [100.0, 100.0], [0, 0])
-    np.testing.assert_allclose(read_table(tmp_path / "nm.h5")[["x [nm]", "y [nm]"]].to_numpy(), [[50, 50], [300, 90]], atol=1e-3)
+    np.testing.assert_allclose(read_table(tmp_path / "nm.h5")[["x [nm]", "y [nm]"]].to_numpy(), [[50, 50], [90, 300]], atol=1e-3)
 
 
 def test_read_decode_csv_as_decode_writes_it(tmp_path):
@@ -110,7 +111,7 @@ def test_read_decode_csv_as_decode_writes_it(tmp_path):
     pd.DataFrame(cols).to_csv(path, mode="a", index=False)
     df = read_table(path)
     assert df.attrs["source_format"] == "decode-csv" and df["frame"].tolist() == [1, 5] and df["id"].tolist() == [0, 1]
-    np.testing.assert_allclose(df[["x [nm]", "y [nm]"]].to_numpy(), [[50, 50], [1070, 420]], atol=1e-9)
+    np.testing.assert_allclose(df[["x [nm]", "y [nm]"]].to_numpy(), [[50, 50], [420, 1070]], atol=1e-9)   # x is DECODE's y
     np.testing.assert_allclose(df["uncertainty [nm]"], [10.0, 20.0], rtol=1e-9)  # sqrt of the CRLB variance, in nm
     assert "z [nm]" not in df  # DECODE's z = 0 everywhere: a 2-D table
 
@@ -119,7 +120,7 @@ def test_read_smap_csv_as_smap_writes_it(tmp_path):
     # SMAP export_coordinates: MATLAB writetable(struct2table(locs)) of xnm, ynm, znm, frame, locprecnm, phot, bg, layer
     (tmp_path / "smap.csv").write_text("xnm,ynm,znm,frame,locprecnm,phot,bg,layer\n"
                                        "455.5,747.25,-30,1,12.5,2000,20.5,1\n50,60,10,3,8,1500,18,1\n")
-    df = read_table(tmp_path / "smap.csv")
+    df = read_table(tmp_path / "smap.csv", origin="corner")
     assert df.attrs["source_format"] == "smap" and df["frame"].tolist() == [1, 3]
     assert df[["x [nm]", "y [nm]", "z [nm]"]].values.tolist() == [[455.5, 747.25, -30.0], [50.0, 60.0, 10.0]]
     assert df["uncertainty [nm]"].tolist() == [12.5, 8.0] and df["intensity [photon]"].tolist() == [2000.0, 1500.0]
@@ -150,7 +151,7 @@ def test_missing_pixel_size(tmp_path):
     path.write_text('# DECODE EmitterSet\n# {"version": "0.10.0"}\n# {"xy_unit": "px", "px_size": null}\nx,y,z,phot,frame_ix\n1,2,0,100,0\n')
     with pytest.raises(ValueError, match=r"px\.csv: x/y are in camera pixels .*pass pixel_nm"):
         read_table(path)
-    assert read_table(path, pixel_nm=100)[["x [nm]", "y [nm]"]].values.tolist() == [[150.0, 250.0]]
+    assert read_table(path, pixel_nm=100)[["x [nm]", "y [nm]"]].values.tolist() == [[250.0, 150.0]]
     write_table(t, tmp_path / "y.hdf5", pixel_nm=100)
     with pytest.raises(ValueError, match=r"y\.hdf5: y\.yaml gives a pixel size of 100\.0 nm but pixel_nm is 160\.0"):
         read_table(tmp_path / "y.hdf5", pixel_nm=160)
@@ -180,7 +181,7 @@ def test_overwrite_refused_and_existing_file_untouched(tmp_path):
             write_table(t, out, fmt, pixel_nm=100)
         assert out.read_bytes() == b"precious"
         convert(tmp_path / "in.csv", out, dst_format=fmt, pixel_nm=100, overwrite=True)
-        assert read_table(out, fmt)["frame"].tolist() == t["frame"].tolist()
+        assert read_table(out, fmt, pixel_nm=100 if fmt == "smap" else None)["frame"].tolist() == t["frame"].tolist()
     (tmp_path / "p.yaml").write_text("precious")  # Picasso's .yaml beside the .hdf5 counts too
     with pytest.raises(FileExistsError, match=r"p\.yaml: already exists"):
         write_table(t, tmp_path / "p.hdf5", pixel_nm=100)
@@ -191,12 +192,17 @@ def test_overwrite_refused_and_existing_file_untouched(tmp_path):
 
 
 def test_picasso_needs_a_precision(tmp_path):
+    """picasso/fitting/precision.py::localization_precision (picassosr 0.11.3): v = sa²(16/9 + 8π sa sa⊥ bg/N)/N with
+    sa² = s² + 1/12 px², and `if em: v *= 2`; lpx = sqrt(v). Without the camera the estimate is refused."""
     t = _table(n=3).drop(columns=["uncertainty [nm]"])
-    write_table(t, tmp_path / "est.hdf5", pixel_nm=100)  # estimated from sigma, photons, background as Picasso does
-    with h5py.File(tmp_path / "est.hdf5") as f: lpx = f["locs"]["lpx"]
     s2 = (t["sigma [nm]"] / 100) ** 2 + 1 / 12
     want = np.sqrt(s2 / t["intensity [photon]"] * (16 / 9 + 8 * np.pi * s2 * t["offset [photon]"] / t["intensity [photon]"]))
-    np.testing.assert_allclose(lpx, want, rtol=1e-5)
+    for emccd, factor in ((False, 1.0), (True, np.sqrt(2))):
+        write_table(t, tmp_path / f"est{emccd}.hdf5", pixel_nm=100, emccd=emccd)
+        with h5py.File(tmp_path / f"est{emccd}.hdf5") as f: lpx = f["locs"]["lpx"]
+        np.testing.assert_allclose(lpx, want * factor, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"doubles the variance for an EMCCD camera: pass emccd=True or False"):
+        write_table(t, tmp_path / "unknown.hdf5", pixel_nm=100)
     with pytest.raises(ValueError, match=r"Picasso needs a localization precision .*add an 'uncertainty \[nm\]' column"):
         write_table(t[["frame", "x [nm]", "y [nm]"]], tmp_path / "none.hdf5", pixel_nm=100)
     assert not list(tmp_path.glob("none*")) and not list(tmp_path.glob(".*.tmp"))
