@@ -90,21 +90,26 @@ class Normalizer:
 # %% ../nbs/03a_normalize.ipynb #35bcfc00
 @dataclass(frozen=True)
 class PhotonNormalizer:
-    """Photon-calibrated input: ADU → photons with the camera's calibration (baseline, e⁻/ADU, EM gain, QE), then
-    `(photons − mean) / std` with fixed numbers from the training frames. A frame keeps its brightness: a sparse frame stays sparse."""
+    """Photon-calibrated input: ADU → photons with the camera's calibration (baseline, e⁻/ADU, EM gain, QE; an sCMOS calibrated per
+    pixel: its offset and gain maps), then `(photons − mean) / std` with fixed numbers from the training frames. A frame keeps its
+    brightness: a sparse frame stays sparse."""
     camera: dict # the camera's `to_dict()`: its name and calibration
     mean: float # mean photons per pixel over the training frames
     std: float # standard deviation of the photons per pixel over the training frames
 
     def __post_init__(self):
-        object.__setattr__(self, "camera", as_camera(self.camera).to_dict())
+        cam = as_camera(self.camera)
+        object.__setattr__(self, "camera", cam.to_dict())
+        object.__setattr__(self, "_camera", cam)               # the camera itself, decoded once (not a field: not compared, not saved)
         Normalizer.__post_init__(self)                        # the same checks of mean and std
 
     @property
     def gain_offset(self) -> tuple:
-        "(a, b) with photons = a·ADU + b: every camera's `to_photons` is affine."
-        p0, p1 = as_camera(self.camera).to_photons(np.array([0.0, 1.0])).astype(np.float64)
-        return float(p1 - p0), float(p0)
+        """(a, b) with photons = a·ADU + b: every camera's `to_photons` is affine. Floats, or (H, W) maps for a camera calibrated
+        per pixel (`SCMOSMapCamera`: a = 1/(gain·qe), b = −offset·a in each pixel)."""
+        shape = getattr(self._camera, "shape", ())
+        p0, p1 = (self._camera.to_photons(np.full(shape, v, np.float32)).astype(np.float64) for v in (0.0, 1.0))
+        return (float(p1 - p0), float(p0)) if shape == () else (p1 - p0, p0)
 
     @classmethod
     def fit(cls, frames, # (frames, height, width) ADU: an array, a memory-mapped or lazy stack
@@ -120,7 +125,7 @@ class PhotonNormalizer:
     def from_moments(cls, camera, mean_adu:float, mean_square_adu:float) -> "PhotonNormalizer":
         "From the mean and mean square of the ADU values (photons are affine in ADU)."
         cam = as_camera(camera).to_dict()
-        a, b = cls(cam, 0.0, 1.0).gain_offset
+        a, b = (float(np.median(v)) for v in cls(cam, 0.0, 1.0).gain_offset)    # a map's median: the frames' ADU moments are the chip's
         std = abs(a) * math.sqrt(max(mean_square_adu - mean_adu ** 2, 0.0))
         return cls(cam, a * mean_adu + b, std if std > 0 else 1.0)
 
@@ -132,8 +137,13 @@ class PhotonNormalizer:
         "The normalised frames, float32 (a tensor for a tensor, on its device)."
         a, b = self.gain_offset
         a, b = a / self.std, (b - self.mean) / self.std
-        if isinstance(frames, torch.Tensor): return frames.float() * a + b
-        return np.asarray(frames, np.float32) * np.float32(a) + np.float32(b)
+        if isinstance(frames, torch.Tensor):
+            if np.ndim(a) == 0: return frames.float() * a + b
+            self._camera._check_shape(frames)                  # a calibration map must cover the frames
+            to = lambda v: torch.as_tensor(np.asarray(v, np.float32), device=frames.device)
+            return frames.float() * to(a) + to(b)
+        if np.ndim(a): self._camera._check_shape(np.asarray(frames))
+        return np.asarray(frames, np.float32) * np.asarray(a, np.float32) + np.asarray(b, np.float32)
 
     def to_dict(self) -> dict:
         return {"frame_scaling": "photons", "camera": dict(self.camera), "mean": self.mean, "std": self.std}
