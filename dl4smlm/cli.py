@@ -6,22 +6,32 @@
 __all__ = ['DEFAULT_DENSITY_RANGE', 'FIT_FILES', 'simulate_to_folder', 'main']
 
 # %% ../nbs/90_cli.ipynb #40ac788d
-import argparse, dataclasses, importlib.util, json, sys, warnings
-import tifffile
+import argparse, dataclasses, importlib.util, json, os, shutil, signal, sys, warnings
 from pathlib import Path
 
+def _interrupted_while_starting(signum, frame):
+    "Ctrl-C while the command starts (importing PyTorch takes seconds): one line, exit status 130, no traceback; nothing was done yet."
+    os.write(2, b"\ndl4smlm: interrupted while starting; nothing was done\n")
+    os._exit(130)
+
+if Path(sys.argv[0]).name == "dl4smlm" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:   # the console script only
+    signal.signal(signal.SIGINT, _interrupted_while_starting)   # `main` puts Python's own handler back once it runs
+
+import tifffile
+
 from . import __version__
-from .camera import make_camera
-from .simulate import SimulationConfig, simulate
-from .files import check_free, read_json
-from .io import SIMULATION_FILES, load_simulation, read_pixel_nm, read_stack, save_simulation
+from .camera import SCMOSMapCamera, calibrate_scmos, make_camera, read_camera_file, write_camera_file
+from .simulate import PLAUSIBLE, SimulationConfig, check_plausible, simulate
+from .files import check_free, move_into_place, partial_folder, read_json, writing_folder
+from .io import (SIMULATION_FILES, camera_defect, find_stack_defects, load_simulation, read_pixel_nm, read_stack, refuse_stack_defects,
+                        save_simulation)
 from .tables import read_localizations, write_localizations
 from .models import list_models
 from .calibrate import AnnotatedStack, calibrate_checkpoint
 from .data import find_training_data
 from .normalize import NORMALIZATIONS
-from .pretrained import bundled_models, describe
-from .checkpoint import CheckpointError, load_checkpoint
+from .pretrained import PRETRAINED, bundled_models, describe
+from .checkpoint import CheckpointError, load_checkpoint, resolve_device
 from .train import LOSSES, TrainingInterrupted
 from .workflow import train_from_folder
 from .localize import render_gaussian
@@ -52,15 +62,31 @@ def _non_negative(text):
     if not value >= 0: raise argparse.ArgumentTypeError(f"expected a value >= 0, got {text}")
     return value
 
-def _number_or_range(text):
-    "An argparse type: a number >= 0, or a range LOW:HIGH (training draws each patch's value from it)."
-    try:
-        parts = [float(v) for v in text.split(":")]
-        if len(parts) not in (1, 2): raise ValueError
-    except ValueError: raise argparse.ArgumentTypeError(f"expected a number or a range LOW:HIGH, e.g. 0.1:6, got {text!r}") from None
-    if not all(v >= 0 for v in parts) or parts[0] > parts[-1]:
-        raise argparse.ArgumentTypeError(f"expected values >= 0 and LOW <= HIGH, got {text!r}")
-    return parts[0] if len(parts) == 1 else tuple(parts)
+def _quantity(name):
+    """An argparse type: a number in the plausible range of quantity `name` (`dl4smlm.simulate.PLAUSIBLE`): a value that only makes
+    sense in another unit (--pixel-nm 0.1, meant in µm) is refused with the range and the likely slip."""
+    low, high, unit, what = PLAUSIBLE[name]
+    def parse(text):
+        try: value = float(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"expected {what} in {unit}, got {text!r}") from None
+        try: return check_plausible(name, value)
+        except ValueError as e: raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+    parse.__name__ = what
+    return parse
+
+def _quantity_or_range(name):
+    "An argparse type: a number in the plausible range of `name`, or a range LOW:HIGH of such numbers (training draws each patch's value from it)."
+    one = _quantity(name)
+    def parse(text):
+        parts = text.split(":")
+        if len(parts) not in (1, 2): raise argparse.ArgumentTypeError(f"expected a number or a range LOW:HIGH, e.g. 0.1:6, got {text!r}")
+        try: values = [float(v) for v in parts]
+        except ValueError: raise argparse.ArgumentTypeError(f"expected a number or a range LOW:HIGH, e.g. 0.1:6, got {text!r}") from None
+        values = [one(v) for v in parts]
+        if values[0] > values[-1]: raise argparse.ArgumentTypeError(f"expected LOW <= HIGH, got {text!r}")
+        return values[0] if len(values) == 1 else tuple(values)
+    parse.__name__ = f"{PLAUSIBLE[name][3]} or a range"
+    return parse
 
 _RANGED = {"density": "density", "photons": "photons", "background": "background", "sigma_nm": "sigma_nm"}   # option dest -> config field
 DEFAULT_DENSITY_RANGE = (0.1, 6.0)   # emitters per µm²: what `dl4smlm train --simulate` draws from unless --density is given
@@ -69,35 +95,55 @@ def _add_simulation_options(p, ranges=False):
     """The simulator's options, shared by every command that simulates. With `ranges` (train), density, photons, background and σ
     take LOW:HIGH too, and an option not given is None: the --config file's value, else the default."""
     d = _DEFAULTS
-    num = (lambda kind: _number_or_range) if ranges else (lambda kind: kind)
+    num = _quantity_or_range if ranges else _quantity
     r = " or a range LOW:HIGH" if ranges else ""
     default = (lambda k: None) if ranges else (lambda k: d[k])
     g = p.add_argument_group("simulation (defaults resemble the SMLM Challenge 2016 2D data" + ("; --config's values when given)" if ranges else ")"))
     g.add_argument("--frames", type=_positive(int), default=default("frames"), help=f"number of frames (default {d['frames']})")
     g.add_argument("--size", type=_positive(int), default=default("height"), help=f"frame height and width in pixels (default {d['height']})")
-    g.add_argument("--pixel-nm", type=_positive(float), default=default("pixel_nm"),
+    g.add_argument("--pixel-nm", type=_quantity("pixel_nm"), default=default("pixel_nm"),
                    help=f"camera pixel size in nm (default {d['pixel_nm']:g}" + ("; for DATA_DIR: the stack's TIFF calibration, else simulation.json)" if ranges else ")"))
-    g.add_argument("--density", type=num(_non_negative), default=default("density"),
+    g.add_argument("--density", type=num("density"), default=default("density"),
                    help=f"emitters per µm² per frame{r} (default {'0.1:6 when training' if ranges else d['density']})")
-    g.add_argument("--photons", type=num(_positive(float)), default=default("photons"), help=f"mean photons per emitter{r} (default {d['photons']:g})")
-    g.add_argument("--photons-sd", type=_non_negative, default=default("photons_sd"), help=f"standard deviation of the photons (default {d['photons_sd']:g})")
-    g.add_argument("--background", type=num(_non_negative), default=default("background"), help=f"background photons per pixel{r} (default {d['background']:g})")
+    g.add_argument("--photons", type=num("photons"), default=default("photons"), help=f"mean photons per emitter{r} (default {d['photons']:g})")
+    g.add_argument("--photons-sd", type=_quantity("photons_sd"), default=default("photons_sd"), help=f"standard deviation of the photons (default {d['photons_sd']:g})")
+    g.add_argument("--background", type=num("background"), default=default("background"), help=f"background photons per pixel{r} (default {d['background']:g})")
     g.add_argument("--camera", choices=["emccd", "scmos", "ideal"], default=default("camera"), help=f"camera noise model (default {d['camera']})")
-    g.add_argument("--sigma-nm", type=num(_positive(float)), default=default("sigma_nm"), help=f"PSF standard deviation in nm{r} (default {d['sigma_nm']:g})")
+    g.add_argument("--sigma-nm", type=num("sigma_nm"), default=default("sigma_nm"), help=f"PSF standard deviation in nm{r} (default {d['sigma_nm']:g})")
     g.add_argument("--structure", choices=["uniform", "filaments", "clusters"], default=default("structure"), help=f"where the emitters sit (default {d['structure']})")
     g.add_argument("--seed", type=int, default=default("seed"), help=f"random seed: same seed, same data (default {d['seed']})")
 
 def _add_camera_options(p):
-    "The camera's calibration: to convert ADU to photons (and, when training on simulated frames, to simulate the camera)."
+    "The camera's calibration, for every command that takes one: to convert ADU to photons (and, training on simulated frames, to simulate the camera)."
     g = p.add_argument_group("camera calibration (default: simulation.json beside the data, else the model's or the simulator's camera)")
-    g.add_argument("--baseline", type=_non_negative, default=None, help="offset, ADU")
-    g.add_argument("--e-per-adu", type=_positive(float), default=None, help="conversion gain, e⁻ per ADU")
-    g.add_argument("--em-gain", type=_positive(float), default=None, help="EM gain (EMCCD)")
+    g.add_argument("--camera-file", metavar="FILE", default=None,
+                   help="the camera's calibration: the JSON `dl4smlm camera` writes, a storm-analysis sCMOS .npy [offset, variance, gain] or a TIFF "
+                        "of those 3 planes (per-pixel maps); the options below override a one-value camera's")
+    g.add_argument("--baseline", type=_quantity("baseline"), default=None, help="offset, ADU (0 to 65,535)")
+    g.add_argument("--e-per-adu", type=_quantity("e_per_adu"), default=None, help="conversion gain, e⁻ per ADU (0.01 to 1,000)")
+    g.add_argument("--em-gain", type=_quantity("em_gain"), default=None, help="EM gain (EMCCD, 1 to 10,000)")
+    g.add_argument("--read-noise", type=_quantity("read_noise"), default=None, help="read noise, e⁻ rms (default: the camera's; measured with the gain by photon transfer)")
     g.add_argument("--qe", type=_positive(float), default=None, help="quantum efficiency, 0 to 1")
 
 def _camera_params(args) -> dict:
     "The calibration options given on the command line."
-    return {k: getattr(args, k) for k in ("baseline", "e_per_adu", "em_gain", "qe") if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in _CALIBRATION if getattr(args, k, None) is not None}
+
+_CALIBRATION = ("baseline", "e_per_adu", "em_gain", "read_noise", "qe")   # the options `_add_camera_options` adds beside --camera-file
+
+def _file_camera(args):
+    """The camera of --camera-file, the calibration options given over it (a per-pixel calibration takes --qe only), or None without
+    --camera-file; --camera, when given, must name the same kind."""
+    path = getattr(args, "camera_file", None)
+    if path is None: return None
+    params = _camera_params(args)
+    camera, kind = read_camera_file(path, qe=params.pop("qe", None)), getattr(args, "camera", None)
+    if isinstance(camera, SCMOSMapCamera):
+        if kind not in (None, "scmos"): raise ValueError(f"--camera {kind}: {path} is an sCMOS calibration (per-pixel maps); leave --camera out")
+        if params: raise ValueError(f"--{', --'.join(k.replace('_', '-') for k in params)}: {path} gives these per pixel; leave them out (--qe applies)")
+        return camera
+    if kind not in (None, camera.name): raise ValueError(f"--camera {kind}: {path} describes a {camera.name} camera; leave --camera out")
+    return make_camera(camera.name, **{**camera.params(), **params})
 
 def _split_ranges(args, base=None, base_ranges=None) -> tuple:
     """({field: value} with each range's centre, {field: (low, high)}) of the ranged options; an option not given takes
@@ -120,8 +166,11 @@ def _config_from_args(args, base=None, base_ranges=None, **overrides):
     b = (base or SimulationConfig()).to_dict()
     given = {f: getattr(args, dest) for dest, f in (("frames", "frames"), ("size", "height"), ("size", "width"), ("pixel_nm", "pixel_nm"),
              ("photons_sd", "photons_sd"), ("structure", "structure"), ("seed", "seed")) if getattr(args, dest) is not None}
-    params = _camera_params(args)
-    if args.camera is not None and args.camera != b["camera"]: given.update(camera=args.camera, camera_params=params)
+    params, from_file = _camera_params(args), _file_camera(args)
+    if from_file is not None:                                  # a per-pixel calibration is simulated as its one-value equivalent
+        from_file = from_file.uniform() if isinstance(from_file, SCMOSMapCamera) else from_file
+        given.update(camera=from_file.name, camera_params=from_file.params())
+    elif args.camera is not None and args.camera != b["camera"]: given.update(camera=args.camera, camera_params=params)
     elif params: given["camera_params"] = {**b["camera_params"], **params}
     return SimulationConfig(**{**b, **given, **values, **overrides})
 
@@ -129,8 +178,9 @@ def _config_from_args(args, base=None, base_ranges=None, **overrides):
 def simulate_to_folder(out_dir, config:SimulationConfig, overwrite=False):
     "Simulate `config` and write frames.tif, ground_truth.csv and simulation.json to `out_dir`."
     check_free(out_dir, SIMULATION_FILES, overwrite)   # before simulating: fail fast
-    sim = simulate(config)
-    save_simulation(out_dir, sim, overwrite=overwrite)
+    with writing_folder(out_dir, "dl4smlm simulate"):  # one run at a time writes the folder
+        sim = simulate(config)
+        save_simulation(out_dir, sim, overwrite=overwrite)
     return sim
 
 # %% ../nbs/90_cli.ipynb #e9e8f975
@@ -147,8 +197,9 @@ def _train(args):
     if args.density is None and not args.simulate: ranges.pop("density")   # the default range is for simulated training only
     if ranges and not args.simulate:
         raise ValueError(f"--{'/--'.join(k.replace('_', '-') for k in ranges)}: a range LOW:HIGH is for training on simulated frames (--simulate)")
-    params = _camera_params(args)
+    params, from_file = _camera_params(args), _file_camera(args)
     camera = {"name": args.camera or "emccd", **params} if (params or args.camera) and not args.simulate else None
+    if from_file is not None and not args.simulate: camera = (from_file.uniform() if isinstance(from_file, SCMOSMapCamera) else from_file).to_dict()
     config = None
     if args.simulate:
         config = _config_from_args(args, base, base_ranges)
@@ -175,7 +226,9 @@ def _train(args):
     return 0
 
 def _predict_camera(args):
-    "The camera `predict` converts with: --camera and the calibration options over simulation.json's camera, else the model's."
+    "The camera `predict` converts with: --camera-file, else --camera and the calibration options over simulation.json's camera, else the model's."
+    from_file = _file_camera(args)
+    if from_file is not None: return from_file
     params = _camera_params(args)
     if args.camera is None and not params: return None                       # simulation.json beside the stack, else the model's
     base = stack_camera(args.frames) or load_checkpoint(args.checkpoint)["normalizer"].get("camera") or {"name": "emccd"}
@@ -201,8 +254,10 @@ def _calibrate(args):
     ck = load_checkpoint(args.checkpoint)
     pixel_nm = (args.pixel_nm or read_pixel_nm(found["frames"])
                 or (read_json(found["simulation"])["config"]["pixel_nm"] if found["simulation"] else ck.get("pixel_nm") or 100.0))
-    stack = AnnotatedStack(str(args.data_dir), read_stack(found["frames"]), read_localizations(found["localizations"]), pixel_nm)
-    cal = calibrate_checkpoint(args.checkpoint, [stack], out=args.out, device=args.device)
+    frames = read_stack(found["frames"])
+    refuse_stack_defects(find_stack_defects(frames, str(found["frames"])), args.force_stack)   # before any compute
+    stack = AnnotatedStack(str(args.data_dir), frames, read_localizations(found["localizations"]), pixel_nm)
+    cal = calibrate_checkpoint(args.checkpoint, [stack], out=args.out, device=resolve_device(args.device))   # 'auto' made a device
     print(f"wrote {args.out or args.checkpoint}: threshold {cal['threshold']:.3g}, window {2 * cal['radius'] + 1}² fine px, "
           f"bias ({cal['bias_nm'][0]:+.1f}, {cal['bias_nm'][1]:+.1f}) nm, Jaccard {cal['jaccard_pct']:.1f} % on {args.data_dir}")
     return 0
@@ -222,15 +277,17 @@ def _field(text):
     "An argparse type: 'WIDTH,HEIGHT' in nm."
     try: w, h = (float(v) for v in text.split(","))
     except ValueError: raise argparse.ArgumentTypeError(f"expected WIDTH,HEIGHT in nm, e.g. 6400,6400, got {text!r}") from None
-    if not (w > 0 and h > 0): raise argparse.ArgumentTypeError(f"expected positive sizes, got {text!r}")
-    return (w, h)
+    side = _quantity("field_nm")                       # each side in the plausible range of a field of view
+    return (side(str(w)), side(str(h)))
 
 def _evaluate(args):
     "Run `dl4smlm evaluate` with parsed options."
     gt, locs = (read_table(path, pixel_nm=args.pixel_nm or simulation_beside(path).get("pixel_nm")) for path in (args.ground_truth, args.localizations))
     if gt.empty: raise ValueError(f"{args.ground_truth}: holds no localizations (only a header); expected the ground truth's rows")
     field, bound = _field_and_crlb(args.ground_truth, gt, args.field_nm)
-    metrics = assess(gt, locs, field, tolerance_nm=args.tolerance_nm, border_nm=args.border_nm, method=args.method, crlb_nm=bound)
+    sim = simulation_beside(args.ground_truth)
+    metrics = assess(gt, locs, field, tolerance_nm=args.tolerance_nm, border_nm=args.border_nm, method=args.method, crlb_nm=bound,
+                     pixel_nm=args.pixel_nm or sim.get("pixel_nm"), n_frames=sim.get("frames"))
     print(metrics_table(metrics) if args.table else json.dumps(metrics, indent=2))
     return 0
 
@@ -245,9 +302,31 @@ def _user_pixel_nm(args):
         px = 100.0
     return float(px)
 
+def _named(e, path) -> ValueError:
+    "A ValueError of the stack's analysis that says 'frames: …', naming the stack's file instead."
+    text = str(e)
+    return ValueError(f"{path}: {text[len('frames: '):]}" if text.startswith("frames: ") else text)
+
+def _check_stack(args, frames, camera=None):
+    """The stack check before any compute (`dl4smlm.io.find_stack_defects`): a defect that makes any result wrong stops the command
+    unless --force-stack is given, the others are warnings; with `camera` (a calibration given, not measured), its noise too."""
+    if camera is None: refuse_stack_defects(find_stack_defects(frames, str(args.frames)), getattr(args, "force_stack", False))
+    else:
+        found = camera_defect(frames, str(args.frames), camera)
+        if found is not None: warnings.warn(found.message)
+
 def _user_camera(args, frames):
     """The camera of a stack: the calibration options over the simulation.json beside it; with `--camera emccd|scmos` alone
-    (no --e-per-adu or --em-gain), its gain measured from the frames by photon transfer."""
+    (no --e-per-adu or --em-gain), its gain measured from the frames by photon transfer, which matches the frames by construction.
+    A calibration given (or from simulation.json) is checked against the frames' noise."""
+    camera = _given_camera(args, frames)
+    if camera is not None: _check_stack(args, frames, camera)
+    return camera or _measured_camera(args, frames)
+
+def _given_camera(args, frames):
+    "The camera --camera-file, the options and simulation.json state, or None when it is to be measured."
+    from_file = _file_camera(args)
+    if from_file is not None: return from_file
     params, known = _camera_params(args), stack_camera(args.frames)
     if known is not None and args.camera in (None, known["name"]):
         return make_camera(known["name"], **{**{k: v for k, v in known.items() if k != "name"}, **params})
@@ -256,30 +335,55 @@ def _user_camera(args, frames):
                          "measured by photon transfer; add --baseline if you know the offset), its calibration (--baseline, --e-per-adu, "
                          "--em-gain, --qe), or --camera ideal for frames already in photons")
     if args.camera == "ideal" or {"e_per_adu", "em_gain"} & set(params): return make_camera(args.camera, **params)
-    try: camera = estimate_camera(frames, args.camera, baseline=args.baseline, sigma_px=SIGMA_GUESS_NM / _user_pixel_nm(args))
+    return None
+
+def _measured_camera(args, frames):
+    "The camera of `--camera emccd|scmos` alone: its gain (and baseline, unless --baseline is given) measured by photon transfer."
+    try: camera = estimate_camera(frames, args.camera, baseline=args.baseline, sigma_px=SIGMA_GUESS_NM / _user_pixel_nm(args),
+                                  read_noise=args.read_noise)
     except ValueError as e:
-        raise ValueError(f"{args.frames}: the camera's gain could not be measured by photon transfer ({e}); give --baseline "
-                         "(the camera's offset in ADU), or its full calibration (--e-per-adu, --em-gain, --qe)") from None
+        fix = ("give its full calibration (--e-per-adu" + (", --em-gain" if args.camera == "emccd" else "") + ", --qe) besides --baseline"
+               if args.baseline is not None else
+               "give --baseline (the camera's offset in ADU), or its full calibration (--e-per-adu, --em-gain, --qe)")
+        raise ValueError(f"{args.frames}: the camera's gain could not be measured by photon transfer ({e}); {fix}") from None
     print(f"camera calibrated by photon transfer: baseline {camera.baseline:.1f} ADU, " + (f"EM gain {camera.em_gain:.0f}" if args.camera == "emccd"
-          else f"{camera.e_per_adu:.3g} e⁻/ADU"), file=sys.stderr)
+          else f"{camera.e_per_adu:.3g} e⁻/ADU, read noise {camera.read_noise:.2f} e⁻"), file=sys.stderr)
     return camera
 
 def _fit(args):
-    "Run `dl4smlm fit`: the classical fitter on a stack, written like `predict`'s output."
-    check_free(args.out, FIT_FILES, args.overwrite)
-    frames, pixel_nm = read_stack(args.frames), _user_pixel_nm(args)
-    camera = _user_camera(args, frames)
-    table = fit_frames(frames, camera, pixel_nm, sigma_nm=args.sigma_nm, fit_sigma=args.fit_sigma, threshold=args.threshold,
-                       roi=args.roi, device=None if args.device == "auto" else args.device, progress=sys.stderr.isatty())
+    "Run `dl4smlm fit`: the classical fitter on a stack, written like `predict`'s output: both files or neither."
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_localizations(out / FIT_FILES[0], table)
-    field = (frames.shape[2] * pixel_nm, frames.shape[1] * pixel_nm)
-    render_px = pixel_nm / 8
-    save_rendering(out / FIT_FILES[1], render_gaussian(table, field, render_px, sigma_nm=20.0), render_px,
-                   f"{len(table)} localizations, {len(frames)} frames (MLE fit)")
+    if out.exists() and not out.is_dir(): raise FileExistsError(f"{out}: is a file, expected a folder for {', '.join(FIT_FILES)}; choose another --out")
+    check_free(out, FIT_FILES, args.overwrite)
+    with writing_folder(out, "dl4smlm fit"):           # one run at a time writes the folder
+        frames, pixel_nm = read_stack(args.frames, allow_single_frame=True), _user_pixel_nm(args)   # one 2-D image: one frame
+        _check_stack(args, frames)
+        camera = _user_camera(args, frames)
+        try: table = fit_frames(frames, camera, pixel_nm, sigma_nm=args.sigma_nm, fit_sigma=args.fit_sigma, threshold=args.threshold,
+                                roi=args.roi, device=None if args.device == "auto" else args.device, progress=sys.stderr.isatty())
+        except ValueError as e: raise _named(e, args.frames) from None
+        work = partial_folder(out)                     # built beside `out`, moved into place whole
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+        try:
+            write_localizations(work / FIT_FILES[0], table)
+            field = (frames.shape[2] * pixel_nm, frames.shape[1] * pixel_nm)
+            render_px = pixel_nm / 8
+            save_rendering(work / FIT_FILES[1], render_gaussian(table, field, render_px, sigma_nm=20.0), render_px,
+                           f"{len(table)} localizations, {len(frames)} frames (MLE fit)")
+            move_into_place(work, out, FIT_FILES[::-1])   # the table last
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
     print(f"wrote {len(table)} localizations from {len(frames)} frames to {args.out}"
           + (f" (median uncertainty {table['uncertainty [nm]'].median():.1f} nm)" if len(table) else ""))
+    a = table.attrs
+    spread = (f"fitted σ median {a['sigma_nm_median']:.0f} nm (5–95 %: {a['sigma_nm_range'][0]:.0f}–{a['sigma_nm_range'][1]:.0f})"
+              if a["sigma_fitted"] and len(table) else f"σ {a['psf_sigma_nm']:.0f} nm (fixed)")
+    print(f"{spread}; noise {a['noise_scale_median']:.2f}× the camera model's; {a['bad_pixels']} bad pixels left out", file=sys.stderr)
+    if not 0.7 <= a["noise_scale_median"] <= 1.4:
+        warnings.warn(f"the frames are {a['noise_scale_median']:.2f}× as noisy as the camera calibration predicts: detection used the measured "
+                      "noise, but photons and uncertainties rest on the calibration; check it (--camera-file, --e-per-adu, --em-gain, --read-noise)")
     return 0
 
 def _export(args):
@@ -288,7 +392,8 @@ def _export(args):
                if needed and importlib.util.find_spec(m.split(".")[0]) is None]
     if missing: raise ValueError(f"--format/--bioimageio: needs {', '.join(missing)}: pip install 'dl4smlm[export]'")
     from dl4smlm.export import export_checkpoint
-    done = export_checkpoint(args.checkpoint, args.out, formats=tuple(args.format), bioimageio=args.bioimageio, overwrite=args.overwrite)
+    done = export_checkpoint(args.checkpoint, args.out, formats=tuple(args.format), bioimageio=args.bioimageio, overwrite=args.overwrite,
+                             github_user=args.github_user)
     diffs = ", ".join(f"{k} {v:.1e}" for k, v in done["max_abs_difference"].items())
     print(f"wrote {', '.join(str(p) for p in done['files'].values())}; max |exported − PyTorch| {diffs}; "
           f"frame sides must be multiples of {done['size_multiple']} px")
@@ -297,13 +402,27 @@ def _export(args):
 def _estimate(args):
     "Run `dl4smlm estimate`: a simulation that matches the stack, with training ranges, as JSON."
     if Path(args.out).exists() and not args.overwrite: raise FileExistsError(f"{args.out}: already exists; pass --overwrite to replace it")
-    frames, pixel_nm = read_stack(args.frames), _user_pixel_nm(args)
+    frames, pixel_nm = read_stack(args.frames, allow_single_frame=True), _user_pixel_nm(args)   # one 2-D image: one frame
+    _check_stack(args, frames)
     camera = _user_camera(args, frames)
-    config, ranges, report = estimate_simulation(frames, camera, pixel_nm, max_frames=args.max_frames, device=None if args.device == "auto" else args.device)
+    try: config, ranges, report = estimate_simulation(frames, camera, pixel_nm, max_frames=args.max_frames, device=None if args.device == "auto" else args.device)
+    except ValueError as e: raise _named(e, args.frames) from None
     write_estimate(args.out, config, ranges, report)
     print(f"wrote {args.out}: σ {config.sigma_nm:.0f} nm, {config.photons:.0f} ± {config.photons_sd:.0f} photons, background "
           f"{config.background:.1f} photons/px, {config.density:.2g} emitters/µm², {pixel_nm:g} nm pixels; training ranges "
           + ", ".join(f"{k} {lo:.3g}–{hi:.3g}" for k, (lo, hi) in ranges.items()))
+    return 0
+
+# %% ../nbs/90_cli.ipynb #9734a2a9
+def _camera(args):
+    "Run `dl4smlm camera`: offset and variance maps from dark frames, the gain per pixel from flat fields, written as a camera file."
+    if Path(args.out).exists() and not args.overwrite: raise FileExistsError(f"{args.out}: already exists; pass --overwrite to replace it")
+    dark, flats = read_stack(args.dark), [read_stack(f) for f in args.flat]
+    camera = calibrate_scmos(dark, flats, qe=args.qe, e_per_adu=args.e_per_adu)
+    write_camera_file(args.out, camera, dark=str(args.dark), dark_frames=len(dark), flats=[str(f) for f in args.flat],
+                      flat_frames=[len(f) for f in flats], gain="measured per pixel by photon transfer" if flats else f"{args.e_per_adu} e⁻/ADU given")
+    print(f"wrote {args.out}: {camera.shape[1]}×{camera.shape[0]} px, offset {camera.baseline:.1f} ADU, read noise {camera.read_noise:.2f} e⁻, "
+          f"{camera.e_per_adu:.3g} e⁻/ADU (medians), {int(camera.bad_pixels.sum())} bad pixels")
     return 0
 
 # %% ../nbs/90_cli.ipynb #de3fd932
@@ -323,17 +442,18 @@ def _parser():
     d.add_argument("--samples-per-epoch", type=_positive(int), default=1024, help="training patches per epoch (default %(default)s)")
     d.add_argument("--patch-size", type=_positive(int), default=16, help="training patch side in camera pixels (default %(default)s)")
     d.add_argument("--test-frames", type=_positive(int), default=1000, help="frames of the sample (default %(default)s)")
-    d.add_argument("--bundled", default="fid-storm-x8-emccd", help="bundled model that localizes the sample; 'none': the one trained here (default %(default)s)")
+    d.add_argument("--bundled", default="fid-storm-x8-emccd", choices=[*PRETRAINED, "none"], metavar="NAME",
+                   help=f"bundled model that localizes the sample, one of {', '.join(PRETRAINED)}; 'none': the one trained here (default %(default)s)")
     d.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=False,
                    help="average the network's outputs over the four flips of each frame, 4× the time (default: off; the calibrated bias is removed instead)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    d.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing report's files (other files in the folder are kept)")
 
     s = sub.add_parser("simulate", help="simulate SMLM frames and their ground truth",
                        description="Simulate SMLM frames and write OUT_DIR/frames.tif, ground_truth.csv and simulation.json.")
     s.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the dataset to (created if needed)")
     _add_simulation_options(s)
-    s.add_argument("--overwrite", action="store_true", help="replace an existing dataset in OUT_DIR")
+    s.add_argument("--overwrite", action="store_true", help="replace frames.tif, ground_truth.csv and simulation.json in OUT_DIR (other files are kept)")
 
     t = sub.add_parser("train", help="train a model on a data folder or on fresh simulated frames",
                        description="Train a model and write a checkpoint (best-validation weights, resumable state).")
@@ -363,18 +483,20 @@ def _parser():
 
     r = sub.add_parser("predict", help="localize a TIFF stack with a trained checkpoint or a bundled model",
                        description="Write DIR/localizations.csv, DIR/super_resolution.tif and DIR/super_resolution.png.")
-    r.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by `dl4smlm train`, or a bundled model's name (`dl4smlm models`)")
+    r.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by `dl4smlm train`, or a bundled model's name (`dl4smlm models`); its SHA-256 "
+                   "digests catch damage and accidental edits, not forgery: use checkpoints from people you trust (bundled models are pinned by digests kept in dl4smlm)")
     r.add_argument("frames", metavar="FRAMES.tif", help="a (frames, height, width) TIFF stack")
     r.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default %(default)s)")
     r.add_argument("--threshold", type=_non_negative, default=None, help="detection threshold on the heat map (default: the checkpoint's calibrated one)")
-    r.add_argument("--pixel-nm", type=_positive(float), default=None, help="camera pixel size (default: the stack's TIFF calibration, else simulation.json, else the model's)")
+    r.add_argument("--pixel-nm", type=_quantity("pixel_nm"), default=None, help="camera pixel size (default: the stack's TIFF calibration, else simulation.json, else the model's)")
     r.add_argument("--force-pixel-size", action="store_true", help="localize although the stack's pixels differ from the model's by more than 5 %%")
+    r.add_argument("--force-stack", action="store_true", help="go on although the stack check (before any compute) found a defect that makes any result wrong: frames along another axis, 8-bit, negative or 0–1 pixels, a blank stack, heavy saturation")
     r.add_argument("--camera", choices=["emccd", "scmos", "ideal"], default=None, help="camera that recorded the stack (default: simulation.json beside it, else the model's)")
     _add_camera_options(r)
     r.add_argument("--batch-size", type=_positive(int), default=None, help="tiles per forward pass (default: as many as fit in 2 M fine pixels)")
     r.add_argument("--flip-average", action="store_true", help="average the network's outputs over the four flips of each frame: cancels learned shifts, 4× the time")
-    r.add_argument("--overwrite", action="store_true", help="replace existing outputs in DIR")
+    r.add_argument("--overwrite", action="store_true", help="replace localizations.csv and super_resolution.tif/.png in DIR (other files are kept)")
     r.add_argument("--resume", action="store_true", help="continue a killed run into DIR (it loses at most its last batch)")
 
     m = sub.add_parser("models", help="list the bundled pretrained models", description="One bundled model per line: its name, then what it was trained for.")
@@ -387,7 +509,8 @@ def _parser():
     c.add_argument("--out", default=None, metavar="NEW.pt", help="the calibrated checkpoint to write")
     c.add_argument("--in-place", action="store_true", help="rewrite CKPT itself")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    c.add_argument("--pixel-nm", type=_positive(float), default=None, help="camera pixel size (default: the TIFF's calibration, else simulation.json, else the checkpoint's)")
+    c.add_argument("--pixel-nm", type=_quantity("pixel_nm"), default=None, help="camera pixel size (default: the TIFF's calibration, else simulation.json, else the checkpoint's)")
+    c.add_argument("--force-stack", action="store_true", help="go on although the stack check (before any compute) found a defect that makes any result wrong: frames along another axis, 8-bit, negative or 0–1 pixels, a blank stack, heavy saturation")
     c.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default %(default)s)")
 
     e = sub.add_parser("evaluate", help="score localizations against a ground truth (SMLM Challenge 2016)",
@@ -395,28 +518,30 @@ def _parser():
     e.add_argument("ground_truth", metavar="GT.csv", help="ground-truth localization table")
     e.add_argument("localizations", metavar="LOCS.csv", help="localization table to score")
     e.add_argument("--field-nm", type=_field, default=None, metavar="WIDTH,HEIGHT", help="field size in nm (default: from simulation.json beside GT.csv)")
-    e.add_argument("--tolerance-nm", type=_positive(float), default=250.0, help="largest distance of a match (default %(default)s)")
-    e.add_argument("--border-nm", type=_non_negative, default=450.0, help="border left out of the scoring (default %(default)s)")
+    e.add_argument("--tolerance-nm", type=_quantity("tolerance_nm"), default=250.0, help="largest distance of a match (default %(default)s)")
+    e.add_argument("--border-nm", type=_quantity("border_nm"), default=450.0, help="border left out of the scoring (default %(default)s)")
     e.add_argument("--method", choices=["greedy", "hungarian"], default="greedy", help="matching (default %(default)s)")
     e.add_argument("--table", action="store_true", help="print a readable table instead of JSON")
-    e.add_argument("--pixel-nm", type=_positive(float), default=None, help="camera pixel size, for tables in pixels that do not state it (Picasso, DECODE)")
+    e.add_argument("--pixel-nm", type=_quantity("pixel_nm"), default=None, help="camera pixel size, for tables in pixels that do not state it (Picasso, DECODE)")
 
     def data_options(q):
         q.add_argument("frames", metavar="FRAMES.tif", help="a (frames, height, width) TIFF stack, raw camera counts (ADU)")
-        q.add_argument("--pixel-nm", type=_positive(float), default=None, help="camera pixel size (default: the TIFF's calibration, else simulation.json)")
+        q.add_argument("--pixel-nm", type=_quantity("pixel_nm"), default=None, help="camera pixel size (default: the TIFF's calibration, else simulation.json)")
         q.add_argument("--camera", choices=["emccd", "scmos", "ideal"], default=None,
                        help="the camera; alone, its gain is measured by photon transfer (default: simulation.json beside the stack)")
         _add_camera_options(q)
         q.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
-        q.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+        q.add_argument("--overwrite", action="store_true", help="replace existing outputs (other files are kept)")
+        q.add_argument("--force-stack", action="store_true", help="go on although the stack check (before any compute) found a defect that makes any result wrong: frames along another axis, 8-bit, negative or 0–1 pixels, a blank stack, heavy saturation")
 
     f = sub.add_parser("fit", help="localize a TIFF stack with the classical maximum-likelihood fitter (the baseline)",
                        description="Detect molecules and fit each with a pixel-integrated Gaussian by maximum likelihood; write "
                                    "DIR/localizations.csv (with a CRLB uncertainty per localization) and DIR/super_resolution.png.")
     data_options(f)
     f.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
-    f.add_argument("--sigma-nm", type=_positive(float), default=None, help="PSF σ in nm (default: measured on the frames)")
-    f.add_argument("--fit-sigma", action="store_true", help="fit σ per molecule too")
+    f.add_argument("--sigma-nm", type=_quantity("sigma_nm"), default=None, help="PSF σ in nm (default: measured on the frames)")
+    f.add_argument("--fit-sigma", action="store_true", default=None,
+                   help="fit σ per molecule also when --sigma-nm is given (without --sigma-nm every molecule's σ is fitted)")
     f.add_argument("--threshold", type=_positive(float), default=None, help="detection threshold in sd of the background noise (default 5)")
     f.add_argument("--roi", type=_positive(int), default=7, help="fit window side in pixels, odd (default %(default)s)")
 
@@ -427,14 +552,25 @@ def _parser():
     s2.add_argument("--out", required=True, metavar="SIM.json", help="the simulation to write")
     s2.add_argument("--max-frames", type=_positive(int), default=200, help="frames sampled across the stack (default %(default)s)")
 
+    k = sub.add_parser("camera", help="an sCMOS calibration per pixel from dark frames (and flat fields): the camera file for --camera-file",
+                       description="Measure the offset and read-noise maps of an sCMOS from dark frames and the gain of every pixel by photon "
+                                   "transfer over flat fields (evenly lit, one stack per light level); write OUT.json (`--camera-file OUT.json`).")
+    k.add_argument("dark", metavar="DARK.tif", help="dark frames: shutter closed, the experiment's exposure (hundreds or more)")
+    k.add_argument("--flat", nargs="+", default=[], metavar="FLAT.tif", help="flat fields at one or more light levels (default: none; then --e-per-adu)")
+    k.add_argument("--out", required=True, metavar="OUT.json", help="the camera file to write")
+    k.add_argument("--qe", type=_positive(float), default=0.8, help="quantum efficiency, 0 to 1 (default %(default)s)")
+    k.add_argument("--e-per-adu", type=_positive(float), default=None, help="without flats: the spec sheet's conversion gain, e⁻ per ADU")
+    k.add_argument("--overwrite", action="store_true", help="replace an existing OUT.json")
+
     x = sub.add_parser("export", help="export a model with its normalisation: TorchScript, ONNX, BioImage Model Zoo",
                        description="Write the model (raw ADU frames in, heat map out; the normalisation inside the graph) and dl4smlm.json "
                                    "(threshold, window, bias, pixel size: how to turn heat maps into localizations), each checked against PyTorch.")
     x.add_argument("checkpoint", metavar="CKPT", help="a checkpoint or a bundled model's name")
-    x.add_argument("--out", required=True, metavar="DIR", help="the folder to create")
+    x.add_argument("--out", required=True, metavar="DIR", help="the folder to write (created if needed; other files in it are kept)")
     x.add_argument("--format", nargs="+", choices=["torchscript", "onnx"], default=["torchscript", "onnx"], help="formats (default: both)")
     x.add_argument("--bioimageio", action="store_true", help="also write a BioImage Model Zoo package (DIR/bioimageio/rdf.yaml) for Fiji/deepImageJ and ilastik")
-    x.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    x.add_argument("--github-user", default=None, metavar="NAME", help="with --bioimageio: your GitHub user name, the package's author (the zoo needs one to accept an upload)")
+    x.add_argument("--overwrite", action="store_true", help="replace the files of an earlier export in DIR (other files are never touched)")
 
     v = sub.add_parser("convert", help="convert a localization table between ThunderSTORM, Picasso, DECODE and SMAP",
                        description="Convert IN to OUT; each format is taken from the file's content or extension (or --from/--to). "
@@ -443,8 +579,13 @@ def _parser():
     v.add_argument("destination", metavar="OUT", help="the file to write (.csv: ThunderSTORM, .hdf5: Picasso + .yaml, .h5: DECODE)")
     v.add_argument("--from", dest="src_format", choices=FORMATS, default=None, help="IN's format (default: from its content)")
     v.add_argument("--to", dest="dst_format", choices=FORMATS, default=None, help="OUT's format (default: from its extension)")
-    v.add_argument("--pixel-nm", type=_positive(float), default=None, help="camera pixel size, when a table in pixels is read or written and no file states it")
+    v.add_argument("--pixel-nm", type=_quantity("pixel_nm"), default=None, help="camera pixel size, when a table in pixels is read or written and no file states it")
     v.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    v.add_argument("--origin", choices=("fitter", "centre", "corner"), default=None,
+                   help="SMAP tables: where their xnm, ynm put the first pixel's centre: fitter (1 pixel, as SMAP's fitter writes; the default), "
+                        "centre (0, as SMAP's DECODE loader and Picasso export read them) or corner (½ pixel, ThunderSTORM's); needs the pixel size")
+    v.add_argument("--camera", choices=("emccd", "scmos", "ideal"), default=None,
+                   help="for a Picasso OUT from a table without uncertainty: Picasso's lpx estimate doubles the variance for an EMCCD")
     for q in sub.choices.values():   # --debug after the command too; SUPPRESS: not given there, the global one stands
         q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
@@ -457,28 +598,36 @@ def _run(args):
     elif args.command == "demo":
         run_demo(args.out, model=args.model, upsampling=args.upsampling, epochs=args.epochs, samples_per_epoch=args.samples_per_epoch,
                  patch_size=args.patch_size, test_frames=args.test_frames, flip_average=args.flip_average, device=args.device, seed=args.seed,
-                 overwrite=args.overwrite, bundled=None if args.bundled.lower() == "none" else args.bundled)
+                 overwrite=args.overwrite, bundled=None if args.bundled == "none" else args.bundled)
     elif args.command == "train": return _train(args)
     elif args.command == "predict":
         check_free(args.out, PREDICT_FILES, args.overwrite)
         pred = predict_to_folder(args.checkpoint, args.frames, args.out, device=args.device, threshold=args.threshold, batch_size=args.batch_size,
                                  camera=_predict_camera(args), pixel_nm=args.pixel_nm, force_pixel_size=args.force_pixel_size,
-                                 flip_average=args.flip_average, resume=args.resume, load=False)
+                                 flip_average=args.flip_average, resume=args.resume, load=False, force_stack=args.force_stack)
         if pred is not None: print(f"wrote {pred.n_localizations} localizations from {pred.n_frames} frames to {args.out}")   # None: torchrun rank > 0
     elif args.command == "evaluate": return _evaluate(args)
     elif args.command == "models": return _models(args)
     elif args.command == "calibrate": return _calibrate(args)
     elif args.command == "fit": return _fit(args)
     elif args.command == "estimate": return _estimate(args)
+    elif args.command == "camera": return _camera(args)
     elif args.command == "export": return _export(args)
     elif args.command == "convert":
-        out = convert(args.source, args.destination, args.src_format, args.dst_format,
-                      args.pixel_nm or simulation_beside(args.source).get("pixel_nm"), args.overwrite)
+        beside = simulation_beside(args.source)
+        camera = args.camera or beside.get("camera")   # Picasso's EMCCD factor: the option, else the camera of the simulation beside IN
+        out = convert(args.source, args.destination, args.src_format, args.dst_format, args.pixel_nm or beside.get("pixel_nm"),
+                      args.overwrite, origin=args.origin, emccd=None if camera is None else camera == "emccd")
         print(f"wrote {out}")
     return 0
 
 _EXTRAS = {"onnx": "export", "onnxscript": "export", "onnxruntime": "export", "bioimageio": "export", "ruyaml": "export", "ipywidgets": "lab"}
 _OOM = "out of memory: lower --batch-size, or give smaller frames (crop the stack) or fewer of them"
+_OOM_BY_COMMAND = {"simulate": "out of memory: simulate fewer or smaller frames (--frames, --size)",
+                   "fit": "out of memory: give smaller frames (crop the stack) or fewer of them",
+                   "estimate": "out of memory: lower --max-frames, or give smaller frames (crop the stack)",
+                   "evaluate": "out of memory: score fewer localizations at a time (split the tables by frame)",
+                   "convert": "out of memory: convert a smaller table (split it by frame)"}
 _ERRORS = (   # (exception, exit status, the fix added when dl4smlm did not raise it itself); the first that matches is used
     (TrainingInterrupted, 130, None), (MemoryError, 2, _OOM), (ImportError, 2, None), (CheckpointError, 2, None),
     (KeyboardInterrupt, 130, "interrupted: each output file is written whole or not at all, none was left half-written; run the command again"),
@@ -489,11 +638,13 @@ _ERRORS = (   # (exception, exit status, the fix added when dl4smlm did not rais
     (FileExistsError, 2, "choose another name, or pass --overwrite"), (FileNotFoundError, 2, "check the path"),
     (OSError, 2, "free space on the disk (or reconnect it), or write elsewhere (--out)"), (ValueError, 2, None), (RuntimeError, 2, None))
 
-def _error_line(e) -> tuple:
-    "(exit status, one line naming the input and the fix) for an exception a command met; status 1 for an unexpected one, a bug."
+def _error_line(e, command=None) -> tuple:
+    "(exit status, one line naming the input and the fix) for an exception `command` met; status 1 for an unexpected one, a bug."
     text, tb = next((line.strip() for line in str(e).splitlines() if line.strip()), ""), e.__traceback__
-    if isinstance(e, RuntimeError) and "out of memory" in text: return 2, f"{text}; {_OOM}"   # torch: CUDA/MPS out of memory
+    oom = _OOM_BY_COMMAND.get(command, _OOM)                                   # the fix this command offers
+    if isinstance(e, RuntimeError) and "out of memory" in text: return 2, f"{text}; {oom}"   # torch: CUDA/MPS out of memory
     status, fix = next(((s, f) for kind, s, f in _ERRORS if isinstance(e, kind)), (1, None))
+    if isinstance(e, MemoryError): fix = oom
     if isinstance(e, TrainingInterrupted): return status, (f"interrupted: a resumable checkpoint is in {e.checkpoint}; continue with: "
                                                            f"dl4smlm train --resume {e.checkpoint}" if e.checkpoint else "interrupted before a checkpoint was written")
     if isinstance(e, ImportError) and _EXTRAS.get((e.name or "").split(".")[0]):
@@ -506,6 +657,7 @@ def _error_line(e) -> tuple:
 
 def main(argv=None):
     "Entry point of the `dl4smlm` command; returns the exit status. An error is one line on stderr (`--debug`: the traceback)."
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting: signal.signal(signal.SIGINT, signal.default_int_handler)
     p = _parser()
     args = p.parse_args(argv)
     def one_line(message, category, filename, lineno, file=None, line=None):   # a warning is one line naming the command, no source
@@ -513,7 +665,11 @@ def main(argv=None):
     with warnings.catch_warnings():
         warnings.showwarning = one_line
         try: return _run(args)
+        except BrokenPipeError:                       # the reader of the output stopped (`dl4smlm models | head -1`): not an error
+            try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # nor at exit, when Python flushes stdout
+            except (OSError, ValueError): pass
+            return 141                                # 128 + SIGPIPE, as a shell reports a program stopped by a closed pipe
         except (Exception, KeyboardInterrupt) as e:
             if args.debug: raise
-            status, line = _error_line(e)
+            status, line = _error_line(e, args.command)
             p.exit(status, f"{chr(10) * (status == 130)}dl4smlm {args.command}: error: {line}\n")

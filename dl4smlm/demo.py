@@ -11,9 +11,9 @@ from pathlib import Path
 
 from .simulate import SimulationConfig, make_structure, simulate
 import shutil
-from .files import atomic_write, check_free, move_into_place, partial_folder, write_json
+from .files import atomic_write, check_free, move_into_place, partial_folder, write_json, writing_folder
 from .io import save_simulation
-from .pretrained import bundled_models
+from .pretrained import PRETRAINED, bundled_models
 from .checkpoint import load_checkpoint
 from .workflow import train_from_folder
 from .predict import predict_checkpoint, predict_to_folder
@@ -52,10 +52,23 @@ def run_demo(out_dir="demo-report", # the report folder
     """Train a small model on simulated frames (density 0.1–6 µm⁻², photon input, calibrated), simulate a sample of blinking line pairs
     closer than the diffraction limit, localize it with a bundled model (and the one trained here), score both, write the report."""
     final = Path(out_dir)
+    if bundled is not None and bundled not in PRETRAINED:
+        raise ValueError(f"bundled: unknown bundled model {bundled!r}; expected one of {', '.join(PRETRAINED)}, or none")
     check_free(final, _DEMO_FILES, overwrite)
-    out = partial_folder(final)                       # the report is built here and moved into place whole: complete or absent
-    shutil.rmtree(out, ignore_errors=True)            # what a killed run left
-    out.mkdir(parents=True)
+    with writing_folder(final, "dl4smlm demo"):       # one run at a time writes the report
+        out = partial_folder(final)                   # the report is built here and moved into place whole: complete or absent
+        shutil.rmtree(out, ignore_errors=True)        # what a killed run left
+        out.mkdir(parents=True)
+        try: return _run_demo(final, out, model, upsampling, epochs, samples_per_epoch, patch_size, bundled, test_frames, flip_average,
+                              device, seed, progress, log)
+        except BaseException as e:
+            shutil.rmtree(out, ignore_errors=True)    # a failed or interrupted run leaves nothing
+            if isinstance(e, KeyboardInterrupt): raise KeyboardInterrupt() from None   # nor a checkpoint to resume: a demo starts afresh
+            raise
+
+def _run_demo(final, out, model, upsampling, epochs, samples_per_epoch, patch_size, bundled, test_frames, flip_average, device, seed,
+              progress, log):
+    "`run_demo` once the report folder is held, built in `out`."
     log(f"[1/5] training {model} (×{upsampling}) on fresh simulated frames, 0.1–6 emitters/µm² and 500–5,000 photons: "
         f"{epochs} epochs of {samples_per_epoch} patches of {patch_size} px, device {device}")
     ckpt, history = train_from_folder(simulate_config=SimulationConfig(height=32, width=32, seed=seed), out=out/"model.pt", model=model,

@@ -4,18 +4,23 @@
 
 # %% auto #0
 __all__ = ['fsync_folder', 'atomic_write', 'json_default', 'write_json', 'check_free', 'partial_folder', 'move_into_place',
-           'read_json', 'check_file']
+           'read_json', 'check_file', 'FolderBusy', 'lock_file', 'writing_folder']
 
 # %% ../nbs/01_files.ipynb #fe8de9e7
 import contextlib
+import errno
 import json
 import os
 import secrets
 import shutil
 import stat
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
+try: import fcntl                    # POSIX: the lock of `writing_folder`
+except ImportError: fcntl = None   # Windows
 
 
 # %% ../nbs/01_files.ipynb #e769aa0f
@@ -120,3 +125,68 @@ def check_file(path, expected):
     if not path.exists(): raise FileNotFoundError(f"{path}: no such file (expected {expected})")
     if path.is_dir(): raise IsADirectoryError(f"{path}: is a folder, expected {expected}")
     if path.stat().st_size == 0: raise ValueError(f"{path}: empty file (0 bytes), expected {expected}")
+
+# %% ../nbs/01_files.ipynb #c1082fcb
+class FolderBusy(RuntimeError):
+    "Another run is writing the output folder (`writing_folder`)."
+
+_HELD, _HELD_GUARD = {}, threading.Lock()   # lock files this process holds, and how often (a flock is per open file: never take it twice)
+
+def lock_file(out_dir) -> Path:
+    "The lock file of an output folder (or file): a hidden file beside it."
+    out = Path(os.path.abspath(out_dir))
+    return out.parent / f".{out.name}.lock"
+
+def _take_lock(lock, owner, shown):
+    "An open file descriptor of `lock`, locked for this process; FolderBusy (naming the output as `shown`) when another process holds it."
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try: holder = os.read(fd, 300).decode("utf-8", "replace").strip()
+            finally: os.close(fd)
+            raise FolderBusy(f"{shown}: another run is writing it ({holder or 'a dl4smlm run'}); "
+                             "wait for that run to end, or choose another output") from None
+        try: same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError: same = False
+        if same: break
+        os.close(fd)                       # the holder removed the file between our open and our lock: lock the new one
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{owner}, process {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+    return fd
+
+@contextlib.contextmanager
+def writing_folder(out_dir, # the output folder (or file) a run writes
+                   owner="dl4smlm", # who holds the lock, as the refusal of a second run names it, e.g. 'dl4smlm predict'
+                  ):
+    """Hold `out_dir` for one run: lock it (a second run gets `FolderBusy` at once), create the missing folders above it, and
+    on an error remove those that are still empty. Re-entrant within a process; the lock file is removed at the end."""
+    lock = lock_file(out_dir)
+    key = str(lock)
+    with _HELD_GUARD:
+        nested = key in _HELD
+        if nested: _HELD[key] += 1
+    if nested:
+        try: yield Path(out_dir)
+        finally:
+            with _HELD_GUARD: _HELD[key] -= 1
+        return
+    made, p = [], lock.parent
+    while not p.exists(): made.append(p); p = p.parent
+    if p.is_file(): raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(p))
+    for d in reversed(made): d.mkdir()
+    fd = None
+    try:
+        if fcntl is not None: fd = _take_lock(lock, owner, out_dir)
+        with _HELD_GUARD: _HELD[key] = 1
+        try: yield Path(out_dir)
+        finally:
+            with _HELD_GUARD: del _HELD[key]
+    except BaseException:
+        if fd is not None: lock.unlink(missing_ok=True); os.close(fd); fd = None
+        for d in made:                     # deepest first; a folder something else wrote into stays
+            try: d.rmdir()
+            except OSError: break
+        raise
+    finally:
+        if fd is not None: lock.unlink(missing_ok=True); os.close(fd)

@@ -353,7 +353,7 @@ def plan_tiling(height, width, # frame size, camera pixels
 
 def _as_float_frames(x, start, label="frames"):
     "A batch of frames as a float32 tensor, refusing NaN and infinite pixels (they would silently give no localizations)."
-    x = x.float() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float32))
+    x = x.float() if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, dtype=np.float32))   # a copy: a read-only memory map cannot back a tensor
     ok = torch.isfinite(x).flatten(1).all(1)
     if not ok.all():
         k = int(torch.argmin(ok.int()))

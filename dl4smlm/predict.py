@@ -7,6 +7,7 @@ __all__ = ['PREDICT_FILES', 'PIXEL_TOLERANCE', 'check_pixel_size', 'predict_chec
            'stack_pixel_nm', 'check_stack', 'save_rendering', 'predict_to_folder']
 
 # %% ../nbs/06c_predict.ipynb #9910c541
+import contextlib
 import csv
 import ctypes
 import json
@@ -25,13 +26,14 @@ import torch.distributed as dist
 
 from .normalize import PhotonNormalizer
 from .estimate import check_data_ranges, estimate_frames
-from .files import atomic_write, move_into_place, partial_folder, read_json
-from .io import read_pixel_nm, read_stack, write_stack
+from .files import atomic_write, move_into_place, partial_folder, read_json, writing_folder
+from .io import find_stack_defects, read_pixel_nm, read_stack, refuse_stack_defects, write_stack
 from .tables import table_to_write, read_localizations
 from .localize import (DEFAULT_THRESHOLD, Prediction, ideal_peak, predict_batches, render_shape, add_scale_bar,
                               plan_tiling, predict, render_gaussian)
 from .models import optimize_for_inference
 from .camera import make_camera
+from .simulate import check_plausible
 from .checkpoint import dist_env, load_checkpoint, load_model, resolve_device
 
 # %% ../nbs/06c_predict.ipynb #f6ca48e8
@@ -59,6 +61,7 @@ def _checkpoint_setup(checkpoint, frames, threshold, pixel_nm, device, camera, f
     "The model, input transform and `predict` settings a checkpoint implies (see `predict_checkpoint`)."
     ck = load_checkpoint(checkpoint)
     label = str(getattr(frames, "filename", None) or getattr(frames, "path", None) or "frames")   # a memory-mapped or lazy stack's file
+    if pixel_nm is not None: pixel_nm = check_plausible("pixel_nm", pixel_nm, "pixel_nm")
     check_pixel_size(pixel_nm, ck.get("pixel_nm"), label, force_pixel_size)
     model = optimize_for_inference(load_model(checkpoint, device=device))
     cal, kwargs = ck.get("calibration") or {}, dict(kwargs)
@@ -89,13 +92,26 @@ def predict_checkpoint(checkpoint, # a .pt file written by dl4smlm.train, or a b
 def simulation_beside(frames_path):
     "The simulation config in the simulation.json beside a stack, else {}."
     p = Path(frames_path).parent / "simulation.json"
-    return (read_json(p).get("config") or {}) if p.is_file() else {}
+    if not p.is_file(): return {}
+    found = read_json(p)
+    config = found.get("config") if isinstance(found, dict) else None
+    if not isinstance(config, dict):
+        raise ValueError(f"{p}: expected a dl4smlm simulation file (a JSON object with a 'config' object, as `dl4smlm simulate` "
+                         f"writes), got {type(config if isinstance(found, dict) else found).__name__}; remove it or write it again")
+    return config
 
 def stack_camera(frames_path, # a TIFF stack
                 ):
-    "The camera of a stack that `dl4smlm simulate` wrote (from the simulation.json beside it), else None."
+    "The camera of a stack that `dl4smlm simulate` wrote (from the simulation.json beside it), checked; else None."
     c = simulation_beside(frames_path)
-    return {"name": c["camera"], **c.get("camera_params", {})} if "camera" in c else None
+    if "camera" not in c: return None
+    where = Path(frames_path).parent / "simulation.json"
+    params = c.get("camera_params", {})
+    if not isinstance(params, dict):
+        raise ValueError(f"{where}: camera_params: expected an object of camera parameters (e.g. {{\"em_gain\": 300}}), got {params!r}")
+    try: camera = make_camera(c["camera"], **params)
+    except ValueError as e: raise ValueError(f"{where}: {e}") from None
+    return camera.to_dict()
 
 def stack_pixel_nm(frames_path, # a TIFF stack
                   ):
@@ -236,6 +252,7 @@ def predict_to_folder(checkpoint, # a .pt file written by dl4smlm.train
                       camera=None, # the camera's calibration; None: simulation.json beside the stack, else the model's training camera
                       force_pixel_size=False, # localize a stack whose pixels differ from the model's by more than 5 %
                       check=True, # warn when the stack's σ, photons, background or density lie outside the model's training ranges
+                      force_stack=False, # localize a stack with defects that make any result wrong (`dl4smlm.io.find_stack_defects`)
                       resume=False, # continue a run that was killed: the batches it saved are not computed again
                       load=True, # read the table back into the returned `Prediction` (False: only count it; memory stays flat)
                       **kwargs, # passed to `predict` (radius, method, tile, overlap)
@@ -246,12 +263,24 @@ def predict_to_folder(checkpoint, # a .pt file written by dl4smlm.train
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out}: is a file, expected a folder for {', '.join(PREDICT_FILES)}; choose another --out")
-    frames = read_stack(frames_path)
+    rank, world, local = dist_env()
+    with contextlib.ExitStack() as hold:
+        if rank == 0: hold.enter_context(writing_folder(out, "dl4smlm predict"))     # one run at a time writes `out`
+        return _predict_to_folder(checkpoint, frames_path, out, device, threshold, batch_size, pixel_nm, render_pixel_nm, sigma_nm,
+                                  progress, camera, force_pixel_size, check, force_stack, resume, load, rank, world, local, kwargs)
+
+def _predict_to_folder(checkpoint, frames_path, out, device, threshold, batch_size, pixel_nm, render_pixel_nm, sigma_nm, progress,
+                       camera, force_pixel_size, check, force_stack, resume, load, rank, world, local, kwargs):
+    "`predict_to_folder` once `out` is held."
+    frames = read_stack(frames_path, allow_single_frame=True)   # a single 2-D image is localized as one frame
     camera = stack_camera(frames_path) if camera is None else camera
     if pixel_nm is None: pixel_nm = stack_pixel_nm(frames_path)
-    model_px = load_checkpoint(checkpoint).get("pixel_nm")
+    else: pixel_nm = check_plausible("pixel_nm", pixel_nm, "pixel_nm")
+    ck = load_checkpoint(checkpoint)
+    model_px = ck.get("pixel_nm")
     check_pixel_size(pixel_nm, model_px, str(frames_path), force_pixel_size)          # before any compute
-    rank, world, local = dist_env()
+    seen_by = camera if camera is not None else (ck.get("normalizer") or {}).get("camera")   # the camera the frames are read with
+    refuse_stack_defects(find_stack_defects(frames, str(frames_path), seen_by), force_stack)
     device = resolve_device(device)
     if world > 1 and device.type == "cuda": device = torch.device("cuda", local)
     if check and rank == 0:

@@ -5,7 +5,7 @@ written or lost in the folder it works in.
 The kinds, by group:
 
 - TIFF stacks: not a TIFF, empty file, truncated (half the data, only the header, the page chain cut), damaged
-  compressed data, RGB, 4-D, a single 2-D image, NaN pixels, infinite pixels, complex pixels, a missing file,
+  compressed data, RGB, 4-D, a blank 2-D image, NaN pixels, infinite pixels, complex pixels, a missing file,
   a folder given as the stack.
 - Localization tables: missing columns, a non-numeric value, header only, empty file, frames counted from 0,
   fractional frames, NaN positions, duplicate columns, binary garbage, an unknown format, Picasso without pixel
@@ -23,6 +23,12 @@ The kinds, by group:
   Ctrl-C outside training, an unexpected error (a bug: exit 1, still one line).
 - Signals (subprocesses): SIGINT during training leaves a resumable checkpoint and says how to resume; SIGKILL
   during predict leaves no half-written output.
+- The hostile probe of issue 23, each finding with more cases of its class: --overwrite that replaces only the command's own
+  files (export into the checkpoint's folder, and every other command); stacks with no molecules; defective stacks refused
+  before compute (frames along another axis, saturation, negative, 8-bit, 0–1 or blank pixels) or warned about (hot
+  rows, columns and pixels, a camera whose noise does not fit the stack); values in another unit; edited copies of bundled
+  models; unknown bundled names; stacks the package wrote read back; a folder another run writes; and messages that said
+  too little (bad camera_params, the fix for out of memory, Ctrl-C while starting, a closed pipe, a folder left behind).
 """
 import errno, hashlib, json, os, signal, subprocess, sys, time, zipfile
 from pathlib import Path
@@ -92,7 +98,7 @@ TIFFS = {   # kind: (how to make bad.tif from the good stack, words the message 
                               or (c/"bad.tif").write_bytes((lambda b: b[:900] + bytes(200) + b[1100:])((c/"bad.tif").read_bytes())), "truncated or damaged"),
     "RGB":                   (lambda c: tifffile.imwrite(c/"bad.tif", np.zeros((16, 16, 3), np.uint8), photometric="rgb"), "RGB"),
     "4-D":                   (lambda c: tifffile.imwrite(c/"bad.tif", np.zeros((2, 3, 16, 16), np.uint16), photometric="minisblack"), "split channels"),
-    "single 2-D image":      (lambda c: tifffile.imwrite(c/"bad.tif", np.zeros((16, 16), np.uint16)), "single 2-D image"),
+    "blank 2-D image":       (lambda c: tifffile.imwrite(c/"bad.tif", np.zeros((16, 16), np.uint16)), "blank"),   # read as one frame, then refused as blank
     "NaN pixels":            (lambda c: tifffile.imwrite(c/"bad.tif", np.full((3, 16, 16), np.nan, np.float32)), "NaN"),
     "infinite pixels":       (lambda c: tifffile.imwrite(c/"bad.tif", np.full((3, 16, 16), np.inf, np.float32)), "infinite"),
     "complex pixels":        (lambda c: tifffile.imwrite(c/"bad.tif", np.zeros((3, 16, 16), np.complex64)), "pixels"),
@@ -290,8 +296,8 @@ def test_predict_existing_outputs_without_overwrite(capsys, case):
 # ---- What a run meets late: the one map of exceptions to messages
 
 LATE = {   # kind: (the exception the command meets, exit status, words the message must hold)
-    "out of memory":      (MemoryError(), 2, "--batch-size"),
-    "CUDA out of memory": (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), 2, "--batch-size"),
+    "out of memory":      (MemoryError(), 2, "--frames"),
+    "CUDA out of memory": (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), 2, "--size"),
     "disk full":          (OSError(errno.ENOSPC, "No space left on device", "x/frames.tif"), 2, "x/frames.tif"),
     "divergence":         (FloatingPointError("overflow encountered in multiply"), 2, "--lr"),
     "missing extra":      (ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime"), 2, "dl4smlm[export]"),
@@ -354,3 +360,386 @@ def test_sigkill_during_predict_leaves_no_half_output(case):
         sorted(p.name for p in pred.iterdir())
     leftovers = [p.name for p in case.rglob("*") if "tmp" in p.name.lower()]
     assert not leftovers, leftovers
+
+# ==== The hostile probe (issue 23): each finding fixed, and more cases of its class than the one reported
+
+import dl4smlm.demo as demo_module
+from dl4smlm.camera import make_camera
+from dl4smlm.checkpoint import BUNDLED_DIGESTS, CheckpointError, bundled_digests, bundled_path, load_checkpoint, save_checkpoint
+from dl4smlm.files import FolderBusy, lock_file, writing_folder
+from dl4smlm.io import find_stack_defects
+from dl4smlm.predict import PREDICT_FILES, predict_checkpoint, predict_to_folder
+from dl4smlm.simulate import PLAUSIBLE, SimulationConfig, check_plausible
+from dl4smlm.tables import read_localizations
+
+def run_ok(capsys, argv):
+    "Run `dl4smlm argv` in-process; check exit status 0 and no traceback; return its stderr's warning lines."
+    status = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert status == 0 and "Traceback" not in err, err
+    return [line for line in err.splitlines() if ": warning: " in line]
+
+def warned(capsys, argv, *words):
+    "Run `dl4smlm argv`: it succeeds with a warning line that holds each of `words`."
+    lines = run_ok(capsys, argv)
+    assert any(all(w in line for w in words) for line in lines), (words, lines)
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    "Stacks the stack check can judge: 32 frames of 48 × 48 px (EMCCD, sCMOS; simulation.json beside each), and an empty one."
+    d = tmp_path_factory.mktemp("probe")
+    for name, extra in (("emccd", []), ("scmos", ["--camera", "scmos"])):
+        assert main(["simulate", str(d / name), "--frames", "32", "--size", "48", "--density", "1", "--seed", "3", *extra]) == 0
+    assert main(["simulate", str(d / "empty"), "--frames", "8", "--size", "32", "--density", "0", "--seed", "5"]) == 0
+    return d
+
+def _clean(probe): return np.asarray(read_stack(probe / "emccd" / "frames.tif"))
+
+# ---- --overwrite replaces only the files of the command: never the input, never anything else
+
+def test_export_into_the_checkpoints_folder_keeps_it(capsys, case):
+    work = case / "work"; work.mkdir()
+    (work / "m.pt").write_bytes((case / "model.pt").read_bytes()); (work / "notes.txt").write_text("mine")
+    keep = snapshot(work)
+    run_ok(capsys, ["export", work / "m.pt", "--out", work, "--format", "torchscript", "--overwrite"])   # the reported case
+    assert {k: v for k, v in snapshot(work).items() if k in keep} == keep       # the checkpoint and the notes: untouched
+    assert {"model.torchscript.pt", "dl4smlm.json"} <= set(snapshot(work))
+
+def test_export_overwrite_replaces_only_export_files(capsys, case):
+    out = case / "exp"
+    run_ok(capsys, ["export", case / "model.pt", "--out", out, "--format", "torchscript"])
+    (out / "mine.txt").write_text("mine")
+    refused(capsys, case, ["export", case / "model.pt", "--out", out, "--format", "torchscript"], "dl4smlm.json", "--overwrite")
+    run_ok(capsys, ["export", case / "model.pt", "--out", out, "--format", "onnx", "--overwrite"])
+    assert sorted(p.name for p in out.iterdir()) == ["dl4smlm.json", "mine.txt", "model.onnx"]   # the stale TorchScript file went with its export
+
+OVERWRITE = {   # command: (argv, run with and without --overwrite into folder {o}; {d} holds the inputs)
+    "simulate": ["simulate", "{o}", "--frames", "2", "--size", "16"],
+    "predict":  ["predict", "{d}/model.pt", "{d}/frames.tif", "--out", "{o}", "--device", "cpu"],
+    "fit":      ["fit", "{d}/frames.tif", "--out", "{o}", "--camera", "ideal", "--pixel-nm", "100", "--sigma-nm", "110"],
+    "convert":  ["convert", "{d}/ground_truth.csv", "{o}/copy.csv"],
+    "train":    ["train", "{d}", *TRAIN, "--out", "{o}/m.pt"],
+    "calibrate": ["calibrate", "{d}/model.pt", "{d}", "--out", "{o}/c.pt", "--device", "cpu"],
+}
+
+@pytest.mark.parametrize("command", OVERWRITE)
+def test_overwrite_keeps_other_files(capsys, case, command):
+    out = case / "o"; out.mkdir()
+    (out / "mine.txt").write_text("mine"); (out / "sub").mkdir(); (out / "sub" / "data.csv").write_text("1,2\n")
+    argv = [a.format(d=case, o=out) for a in OVERWRITE[command]]
+    run_ok(capsys, argv)
+    first, inputs = snapshot(out), snapshot(case)
+    run_ok(capsys, argv + ["--overwrite"])
+    after = snapshot(out)
+    assert after["mine.txt"] == first["mine.txt"] and after["sub/data.csv"] == first["sub/data.csv"], sorted(after)
+    assert set(first) == set(after), (set(first) ^ set(after))                  # the same files: none removed, none left behind
+    assert {k: v for k, v in snapshot(case).items() if not k.startswith("o")} == {k: v for k, v in inputs.items() if not k.startswith("o")}
+
+def test_demo_overwrite_keeps_other_files(capsys, case, monkeypatch):
+    def report(final, out, *a):   # the report's files, moved into place as the demo does (no training here)
+        for n in demo_module._DEMO_FILES: (out / n).write_text("new")
+        demo_module.move_into_place(out, final, demo_module._DEMO_FILES)
+    monkeypatch.setattr(demo_module, "_run_demo", report)
+    out = case / "report"; out.mkdir(); (out / "mine.txt").write_text("mine"); (out / "metrics.json").write_text("old")
+    refused(capsys, case, ["demo", "--out", out], "metrics.json", "--overwrite")
+    run_ok(capsys, ["demo", "--out", out, "--overwrite"])
+    assert (out / "mine.txt").read_text() == "mine" and (out / "metrics.json").read_text() == "new"
+    assert not (case / ".report.partial").exists() and not lock_file(out).exists()
+
+# ---- a stack with no molecules: an empty, valid table, or a clear refusal
+
+def test_fit_on_an_empty_stack_writes_an_empty_table(capsys, probe, tmp_path):
+    run_ok(capsys, ["fit", probe / "empty" / "frames.tif", "--out", tmp_path / "fit"])           # was: PyTorch's "Please clone()"
+    assert len(read_localizations(tmp_path / "fit" / "localizations.csv")) == 0 and (tmp_path / "fit" / "super_resolution.png").is_file()
+
+def test_predict_on_an_empty_stack_writes_an_empty_table(capsys, probe, tmp_path):
+    run_ok(capsys, ["predict", "fid-storm-x4-emccd", probe / "empty" / "frames.tif", "--out", tmp_path / "p", "--device", "cpu"])
+    assert len(read_localizations(tmp_path / "p" / "localizations.csv")) == 0
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == sorted(PREDICT_FILES)
+
+def test_estimate_on_an_empty_stack_says_so(capsys, probe, case):
+    refused(capsys, case, ["estimate", probe / "empty" / "frames.tif", "--out", case / "e.json"], "empty/frames.tif", "no molecule")
+
+# ---- the stack check, before any compute: refusals (exit 2, nothing written) ...
+
+def _write_tif(path, a):
+    if a.dtype == np.uint8 or a.dtype == np.int16: tifffile.imwrite(path, a, photometric="minisblack")   # types write_stack converts
+    else: write_stack(path, a, pixel_nm=100)
+
+DEFECTS = {   # kind: (the clean stack made defective, words the refusal must hold)
+    "(height, width, frames)": (lambda a: np.ascontiguousarray(np.moveaxis(a, 0, -1)), "(height, width, frames)"),
+    "(height, frames, width)": (lambda a: np.ascontiguousarray(np.moveaxis(a, 0, 1)), "axis 1"),
+    "saturated at 65,535": (lambda a: np.minimum(a.astype(np.int64) * 40, 65535).astype(np.uint16), "saturated"),
+    "12-bit plateau at 4,095": (lambda a: np.minimum(a.astype(np.int64) * 8, 4095).astype(np.uint16), "plateau"),
+    "background subtracted (float32)": (lambda a: a.astype(np.float32) - np.median(a), "negative"),
+    "negative int16": (lambda a: (a.astype(np.int32) - 300).astype(np.int16), "negative"),
+    "uint8": (lambda a: (a / a.max() * 255).astype(np.uint8), "uint8"),
+    "scaled to 0–1": (lambda a: (a / a.max()).astype(np.float32), "0–1"),
+    "blank (constant)": (lambda a: np.full_like(a, 100), "blank"),
+    "blank (all zero)": (lambda a: np.zeros_like(a), "blank"),
+}
+READERS = {   # command reading a stack: its argv
+    "predict": ["predict", "fid-storm-x4-emccd", "{s}", "--out", "{d}/out", "--device", "cpu", "--pixel-nm", "100"],
+    "fit": ["fit", "{s}", "--out", "{d}/out", "--camera", "ideal", "--pixel-nm", "100"],
+    "estimate": ["estimate", "{s}", "--out", "{d}/e.json", "--camera", "ideal", "--pixel-nm", "100"],
+}
+
+@pytest.mark.parametrize("command", READERS)
+@pytest.mark.parametrize("kind", DEFECTS)
+def test_defective_stack_refused_before_compute(capsys, probe, case, kind, command):
+    make, words = DEFECTS[kind]
+    _write_tif(case / "bad.tif", make(_clean(probe)))
+    refused(capsys, case, [a.format(s=case / "bad.tif", d=case) for a in READERS[command]], "bad.tif", words, "--force-stack")
+
+def test_calibrate_refuses_a_defective_stack(capsys, probe, case):
+    data = case / "annotated"; data.mkdir()
+    write_stack(data / "frames.tif", np.ascontiguousarray(np.moveaxis(_clean(probe), 0, -1)), pixel_nm=100)
+    (data / "ground_truth.csv").write_text(GOOD)
+    refused(capsys, case, ["calibrate", case / "model.pt", data, "--out", case / "c.pt", "--device", "cpu"], "frames.tif", "(height, width, frames)")
+
+def test_force_stack_goes_on_with_a_warning(capsys, probe, case):
+    _write_tif(case / "bad.tif", DEFECTS["background subtracted (float32)"][0](_clean(probe)))
+    warned(capsys, ["fit", case / "bad.tif", "--out", case / "out", "--camera", "ideal", "--pixel-nm", "100", "--sigma-nm", "110",
+                    "--force-stack"], "negative", "forced")
+
+# ---- ... and warnings that name the defect (the run goes on)
+
+def _hot(a, rows=(), cols=(), pixels=(), add=3000):
+    a = a.astype(np.int64)
+    for r in rows: a[:, r, :] += add
+    for c in cols: a[:, :, c] += add
+    for r, c in pixels: a[:, r, c] += add
+    return a.astype(np.uint16)
+
+WARNINGS = {   # kind: (the clean stack made defective, words the warning must hold)
+    "a hot column": (lambda a: _hot(a, cols=[20]), ("hot line", "column 20")),
+    "a hot row": (lambda a: _hot(a, rows=[30]), ("hot line", "row 30")),
+    "hot pixels": (lambda a: _hot(a, pixels=[(10, 10), (30, 40)]), ("hot pixel", "(10, 10)")),
+    "a few saturated pixels": (lambda a: np.where(np.arange(a.size).reshape(a.shape) % 9973 == 0, 65535, a).astype(np.uint16), ("65535", "saturated")),
+}
+
+@pytest.mark.parametrize("kind", WARNINGS)
+def test_stack_defect_warned(capsys, probe, case, kind):
+    make, words = WARNINGS[kind]
+    write_stack(case / "bad.tif", make(_clean(probe)), pixel_nm=100)
+    warned(capsys, ["fit", case / "bad.tif", "--out", case / "out", "--camera", "ideal", "--pixel-nm", "100", "--sigma-nm", "110"], *words)
+
+def test_clean_stacks_have_no_defect(probe):
+    for name in ("emccd", "scmos"):
+        frames = read_stack(probe / name / "frames.tif")
+        assert find_stack_defects(frames, name, make_camera(name)) == []
+
+def test_an_scmos_stack_read_with_the_emccd_models_camera(capsys, probe, case):
+    (case / "scmos.tif").write_bytes((probe / "scmos" / "frames.tif").read_bytes())   # no simulation.json: the model's camera is used
+    warned(capsys, ["predict", "fid-storm-x4-emccd", case / "scmos.tif", "--out", case / "p", "--device", "cpu"], "scmos.tif", "sCMOS")
+
+def test_an_emccd_stack_read_as_scmos(capsys, probe, case):
+    (case / "emccd.tif").write_bytes((probe / "emccd" / "frames.tif").read_bytes())
+    warned(capsys, ["fit", case / "emccd.tif", "--out", case / "f", "--camera", "scmos", "--e-per-adu", "0.46", "--baseline", "100",
+                    "--sigma-nm", "110", "--pixel-nm", "100"], "emccd.tif", "EMCCD")
+
+def test_a_baseline_above_the_background(capsys, probe, case):
+    (case / "emccd.tif").write_bytes((probe / "emccd" / "frames.tif").read_bytes())
+    warned(capsys, ["fit", case / "emccd.tif", "--out", case / "f", "--camera", "emccd", "--em-gain", "300", "--e-per-adu", "45",
+                    "--baseline", "1000", "--sigma-nm", "110", "--pixel-nm", "100"], "baseline (1000 ADU)")
+
+# ---- options with a unit refuse values that only make sense in another unit
+
+UNITS = {   # case: (argv, words the refusal must hold)
+    "simulate --pixel-nm 0.1 (µm)": (["simulate", "{d}/x", "--pixel-nm", "0.1"], ["--pixel-nm", "0.1 µm = 100 nm"]),
+    "fit --pixel-nm 0.1 (µm)": (["fit", "{d}/frames.tif", "--out", "{d}/o", "--pixel-nm", "0.1"], ["--pixel-nm", "20 to 1,000 nm"]),
+    "simulate --pixel-nm 1e-9 (m)": (["simulate", "{d}/x", "--pixel-nm", "1e-9"], ["--pixel-nm", "20 to 1,000 nm"]),
+    "simulate --photons 1e30": (["simulate", "{d}/x", "--photons", "1e30"], ["--photons", "10,000,000"]),
+    "evaluate --field-nm 24,24 (µm)": (["evaluate", "{d}/ground_truth.csv", "{d}/ground_truth.csv", "--field-nm", "24,24"], ["--field-nm", "24 µm"]),
+    "predict --pixel-nm 6500 (the chip's)": (["predict", "{d}/model.pt", "{d}/frames.tif", "--out", "{d}/o", "--pixel-nm", "6500"], ["--pixel-nm", "magnification"]),
+    "fit --sigma-nm 0.11 (µm)": (["fit", "{d}/frames.tif", "--out", "{d}/o", "--sigma-nm", "0.11"], ["--sigma-nm", "110 nm"]),
+    "simulate --sigma-nm 110000 (pm)": (["simulate", "{d}/x", "--sigma-nm", "110000"], ["--sigma-nm", "pm"]),
+    "train --density 0.1:1e6": (["train", "--simulate", "--density", "0.1:1e6", "--out", "{d}/m.pt"], ["--density", "emitters/µm²"]),
+    "evaluate --tolerance-nm 0.25 (µm)": (["evaluate", "{d}/ground_truth.csv", "{d}/ground_truth.csv", "--tolerance-nm", "0.25"], ["--tolerance-nm", "250 nm"]),
+    "estimate --pixel-nm 0.16 (µm)": (["estimate", "{d}/frames.tif", "--out", "{d}/e.json", "--pixel-nm", "0.16"], ["--pixel-nm", "160 nm"]),
+    "convert --pixel-nm 0.1 (µm)": (["convert", "{d}/ground_truth.csv", "{d}/locs.hdf5", "--pixel-nm", "0.1"], ["--pixel-nm"]),
+    "calibrate --pixel-nm 0.1 (µm)": (["calibrate", "{d}/model.pt", "{d}", "--out", "{d}/c.pt", "--pixel-nm", "0.1"], ["--pixel-nm"]),
+    "fit --em-gain 1e9": (["fit", "{d}/frames.tif", "--out", "{d}/o", "--camera", "emccd", "--em-gain", "1e9"], ["--em-gain", "10,000"]),
+    "simulate --background 1e12": (["simulate", "{d}/x", "--background", "1e12"], ["--background", "photons/px"]),
+    "fit --read-noise 1e6": (["fit", "{d}/frames.tif", "--out", "{d}/o", "--camera", "scmos", "--read-noise", "1e6"], ["--read-noise", "e⁻"]),
+    "predict --baseline 1e6": (["predict", "{d}/model.pt", "{d}/frames.tif", "--out", "{d}/o", "--baseline", "1e6"], ["--baseline", "65,535"]),
+    "simulate too big for memory": (["simulate", "{d}/x", "--frames", "1000000000", "--size", "512"], ["memory", "--frames"]),
+}
+
+@pytest.mark.parametrize("kind", UNITS)
+def test_value_in_another_unit_refused(capsys, case, kind):
+    argv, words = UNITS[kind]
+    refused(capsys, case, [a.format(d=case) for a in argv], *words)
+
+def test_python_functions_refuse_other_units(case):
+    with pytest.raises(ValueError, match="given in µm"): SimulationConfig(pixel_nm=0.1)
+    with pytest.raises(ValueError, match="SimulationConfig.photons: expected"): SimulationConfig(photons=1e30)
+    with pytest.raises(ValueError, match="pixel_nm: expected a camera pixel"): predict_checkpoint(case / "model.pt", np.zeros((2, 16, 16)), pixel_nm=0.1)
+    from dl4smlm.fit import fit_frames
+    with pytest.raises(ValueError, match="pixel_nm: expected a camera pixel"): fit_frames(np.zeros((2, 16, 16)), pixel_nm=1e-9)
+    for name, (low, high, *_ ) in PLAUSIBLE.items():                     # every range: its ends pass, beyond them is refused
+        assert check_plausible(name, low) == low and check_plausible(name, high) == high
+        with pytest.raises(ValueError, match=name): check_plausible(name, high * 1.01 + 1)
+
+# ---- the bundled models are pinned; a checkpoint's digest catches accidents, not forgery
+
+def _bundled_copy(case, change, with_digest=False):
+    ck = load_checkpoint("fid-storm-x4-emccd")
+    change(ck)
+    if with_digest: save_checkpoint(case / "copy.pt", ck)
+    else: torch.save(ck, case / "copy.pt")
+
+BUNDLED_EDITS = {   # kind: (the edit, written with recomputed digests?, words the refusal must hold)
+    "pixel size edited": (lambda ck: ck.update(pixel_nm=65.0), False, "edited copy"),
+    "threshold edited": (lambda ck: ck["calibration"].update(threshold=0.1), False, "edited copy"),
+    "pixel size edited, digests recomputed": (lambda ck: ck.update(pixel_nm=65.0), True, "other settings"),
+    "camera edited, digests recomputed": (lambda ck: ck["normalizer"]["camera"].update(em_gain=100.0), True, "other settings"),
+}
+
+@pytest.mark.parametrize("kind", BUNDLED_EDITS)
+def test_edited_copy_of_a_bundled_model_refused(capsys, case, kind):
+    change, digest, words = BUNDLED_EDITS[kind]
+    _bundled_copy(case, change, digest)
+    refused(capsys, case, ["predict", case / "copy.pt", case / "frames.tif", "--out", case / "out", "--device", "cpu"], "copy.pt", words)
+
+def test_what_the_digest_does_not_protect_against(capsys, case):
+    "A recalibrated copy (settings digest recomputed, as `dl4smlm calibrate` writes) loads: the digests catch accidents, not forgery — said in --help."
+    _bundled_copy(case, lambda ck: ck["calibration"].update(threshold=0.1), with_digest=True)
+    assert load_checkpoint(case / "copy.pt")["calibration"]["threshold"] == 0.1
+    with pytest.raises(SystemExit): main(["predict", "--help"])
+    assert "not forgery" in " ".join(capsys.readouterr().out.split())
+
+def test_a_bundled_file_that_is_not_the_shipped_one_is_refused(case, monkeypatch):
+    folder = case / "weights"; folder.mkdir()
+    ck = load_checkpoint("fid-storm-x4-emccd")
+    torch.save(ck | {"pretrained": {"name": "fid-storm-x4-emccd", "note": "edited"}}, folder / "fid-storm-x4-emccd.pt")
+    monkeypatch.setattr("dl4smlm.checkpoint.weights_dir", lambda: folder)
+    with pytest.raises(CheckpointError, match="not the file this dl4smlm shipped"): load_checkpoint("fid-storm-x4-emccd")
+
+def test_the_shipped_bundled_files_match_their_record():
+    for name, digests in BUNDLED_DIGESTS.items():
+        p = bundled_path(name)
+        if p is not None: assert bundled_digests(p) == digests, name
+
+# ---- unknown names are refused before any work, listing the valid ones
+
+def test_demo_with_an_unknown_bundled_model(capsys, case):
+    line = refused(capsys, case, ["demo", "--out", case / "report", "--bundled", "fid-storm-x8-emcd"], "fid-storm-x8-emcd", "fid-storm-x8-emccd")
+    assert "choose from" in line
+    with pytest.raises(ValueError, match="fid-storm-x8-emccd"): demo_module.run_demo(case / "report", bundled="fid-storm-x8-emcd")
+    assert not (case / "report").exists()
+
+@pytest.mark.parametrize("argv", [["export", "fid-storm-x8-emcd", "--out", "{d}/x"], ["calibrate", "fid-storm-x8-emcd", "{d}", "--out", "{d}/c.pt"]])
+def test_other_commands_with_an_unknown_bundled_model(capsys, case, argv):
+    refused(capsys, case, [a.format(d=case) for a in argv], "fid-storm-x8-emcd")
+
+# ---- the package reads every stack it writes
+
+@pytest.mark.parametrize("shape, dtype, compression", [
+    ((1, 16, 16), np.uint16, None), ((5, 1, 1), np.uint16, None), ((1, 1, 1), np.float32, None), ((5, 1, 16), np.uint16, None),
+    ((5, 16, 1), np.float32, None), ((1, 16, 16), np.float32, "zlib"), ((3, 1, 7), np.uint16, "zlib")])
+def test_read_what_write_stack_wrote(tmp_path, shape, dtype, compression):
+    a = (np.arange(np.prod(shape)) % 1000).astype(dtype).reshape(shape)
+    write_stack(tmp_path / "s.tif", a, pixel_nm=100, compression=compression)
+    back = read_stack(tmp_path / "s.tif")
+    assert back.shape == shape and np.array_equal(np.asarray(back), a)
+
+def test_read_one_2d_frame_and_predicts_own_image(capsys, probe, tmp_path):
+    write_stack(tmp_path / "one.tif", _clean(probe)[0])                    # a (height, width) frame: a stack of one
+    assert read_stack(tmp_path / "one.tif").shape == (1, 48, 48)
+    run_ok(capsys, ["predict", "fid-storm-x4-emccd", probe / "emccd" / "frames.tif", "--out", tmp_path / "p", "--device", "cpu"])
+    image = read_stack(tmp_path / "p" / "super_resolution.tif")            # predict's own summed image
+    assert image.shape == (1, 4 * 48, 4 * 48) and image.dtype == np.float32
+    run_ok(capsys, ["fit", tmp_path / "one.tif", "--out", tmp_path / "f", "--camera", "ideal", "--pixel-nm", "100", "--sigma-nm", "110",
+                    "--force-stack"])
+
+# ---- an output folder is locked while a run writes it
+
+@pytest.fixture
+def held(tmp_path):
+    "A folder held by another process (`writing_folder`) until the test ends."
+    out = tmp_path / "held"
+    code = ("import sys, time\nfrom dl4smlm.files import writing_folder\n"
+            "with writing_folder(sys.argv[1], 'dl4smlm predict'):\n    print('held', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    yield out
+    proc.kill(); proc.wait()
+
+LOCKED = {   # command: argv writing into the held folder {o}
+    "predict": ["predict", "{d}/model.pt", "{d}/frames.tif", "--out", "{o}", "--device", "cpu"],
+    "predict --resume": ["predict", "{d}/model.pt", "{d}/frames.tif", "--out", "{o}", "--device", "cpu", "--resume"],
+    "predict --overwrite": ["predict", "{d}/model.pt", "{d}/frames.tif", "--out", "{o}", "--device", "cpu", "--overwrite"],
+    "fit": ["fit", "{d}/frames.tif", "--out", "{o}", "--camera", "ideal", "--pixel-nm", "100", "--sigma-nm", "110"],
+    "simulate": ["simulate", "{o}", "--frames", "2", "--size", "16"],
+    "export": ["export", "{d}/model.pt", "--out", "{o}", "--format", "torchscript"],
+    "demo": ["demo", "--out", "{o}", "--epochs", "1"],
+}
+
+@pytest.mark.parametrize("command", LOCKED)
+def test_a_folder_another_run_writes_is_refused(capsys, case, held, command):
+    refused(capsys, held.parent, [a.format(d=case, o=held) for a in LOCKED[command]], "held", "another run is writing it", "process")
+
+def test_a_stale_lock_is_taken(capsys, case):
+    lock_file(case / "out").write_text("dl4smlm predict, process 1, started long ago")   # left by a run killed with -9
+    run_ok(capsys, ["predict", case / "model.pt", case / "frames.tif", "--out", case / "out", "--device", "cpu"])
+    assert (case / "out" / "localizations.csv").is_file() and not lock_file(case / "out").exists()
+
+def test_predict_to_folder_while_held(case, held):
+    with pytest.raises(FolderBusy, match="another run"): predict_to_folder(case / "model.pt", case / "frames.tif", held, device="cpu")
+
+# ---- messages that said too little, or the wrong thing
+
+@pytest.mark.parametrize("params", ["null", "[1, 2]", '"emccd"', '{"gain": 300}'])
+@pytest.mark.parametrize("command", ["predict", "fit"])
+def test_bad_camera_params_beside_the_stack(capsys, case, params, command):
+    sim = json.loads((case / "simulation.json").read_text())
+    sim["config"]["camera_params"] = json.loads(params)
+    (case / "simulation.json").write_text(json.dumps(sim))
+    argv = {"predict": ["predict", case / "model.pt", case / "frames.tif", "--out", case / "o", "--device", "cpu"],
+            "fit": ["fit", case / "frames.tif", "--out", case / "o"]}[command]
+    refused(capsys, case, argv, "simulation.json")                      # was: internal error (TypeError: 'NoneType' object is not a mapping)
+
+def test_fit_failing_late_leaves_nothing(capsys, case, monkeypatch):
+    def full(*a, **k): raise OSError(errno.ENOSPC, "No space left on device", "super_resolution.png")
+    monkeypatch.setattr(cli, "save_rendering", full)
+    refused(capsys, case, ["fit", case / "frames.tif", "--out", case / "o_px" / "a" / "b", "--camera", "ideal", "--pixel-nm", "100",
+                           "--sigma-nm", "110"], "No space left")    # no o_px/ (nor o_px/a) left behind, no partial folder
+
+def test_a_blank_stack_with_baseline_given(capsys, case):
+    (case / "own").mkdir()                                               # no simulation.json: the gain is to be measured
+    write_stack(case / "own" / "dark.tif", np.full((8, 32, 32), 100, np.uint16), pixel_nm=100)
+    argv = ["fit", case / "own" / "dark.tif", "--out", case / "o", "--camera", "emccd", "--baseline", "100"]
+    refused(capsys, case, argv, "blank")
+    line = refused(capsys, case, argv + ["--force-stack"], "dark.tif", "full calibration")
+    assert "give --baseline" not in line                                 # it was given (the reported case said to give it)
+
+@pytest.mark.parametrize("command, words", [("simulate", "--frames"), ("predict", "--batch-size"), ("fit", "crop the stack")])
+def test_out_of_memory_fix_fits_the_command(capsys, case, monkeypatch, command, words):
+    def fail(*a, **k): raise MemoryError()
+    monkeypatch.setattr(cli, {"simulate": "simulate_to_folder", "predict": "predict_to_folder", "fit": "fit_frames"}[command], fail)
+    argv = {"simulate": ["simulate", case / "x"], "predict": ["predict", case / "model.pt", case / "frames.tif", "--out", case / "p"],
+            "fit": ["fit", case / "frames.tif", "--out", case / "f", "--camera", "ideal", "--pixel-nm", "100", "--sigma-nm", "110"]}[command]
+    line = refused(capsys, case, argv, words)
+    assert command == "predict" or "--batch-size" not in line            # simulate and fit have no --batch-size
+
+def test_ctrl_c_while_starting(case):
+    # SIGINT as in a terminal: a test run started in the background inherits it ignored, and Python then keeps ignoring it
+    proc = subprocess.Popen([EXE, "simulate", str(case / "x"), "--frames", "2", "--size", "16"], stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(0.5)                                                      # importing PyTorch: the command has not started yet
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err, err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+
+def test_a_closed_pipe_is_not_an_error(case):
+    proc = subprocess.Popen([EXE, "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()                                                  # `dl4smlm models | head -0`: the reader is gone
+    err = proc.stderr.read(); proc.wait(timeout=60)
+    assert proc.returncode == 141 and err == "", err                     # was: "a file: Broken pipe; free space on the disk"
+
+def test_a_float_stack_gives_no_pytorch_warning(capsys, probe, tmp_path):
+    write_stack(tmp_path / "f32.tif", _clean(probe).astype(np.float32), pixel_nm=100)
+    lines = run_ok(capsys, ["predict", "fid-storm-x4-emccd", tmp_path / "f32.tif", "--out", tmp_path / "p", "--device", "cpu"])
+    assert not [line for line in lines if "not writable" in line], lines

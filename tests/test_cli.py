@@ -193,12 +193,12 @@ def test_predict_with_a_bundled_model_and_camera_options(trained, tmp_path):
         assert located(tmp_path/baseline).equals(located(out)) == same     # the option is applied, over simulation.json's camera
 
 def test_demo_report_is_complete_or_absent(tmp_path, monkeypatch):
-    "A demo that fails half-way leaves no report folder (only its hidden work folder, which the next run clears)."
+    "A demo that fails half-way leaves no report folder, and no work folder either."
     import dl4smlm.demo as demo
     def fail(*a, **kw): raise RuntimeError("simulated failure after training")
     monkeypatch.setattr(demo, "simulate", fail)
     with pytest.raises(RuntimeError, match="simulated failure"):
         demo.run_demo(tmp_path/"report", epochs=1, samples_per_epoch=8, test_frames=2, device="cpu", progress=False, log=lambda *a: None)
     assert not (tmp_path/"report").exists()
-    assert (tmp_path/".report.partial"/"model.pt").is_file()             # the work folder, hidden
+    assert list(tmp_path.iterdir()) == []                                # nor its hidden work folder, nor a lock
     monkeypatch.undo()

@@ -170,7 +170,7 @@ def test_write_stack_converts_dtypes(tmp_path):
 
 
 @pytest.mark.parametrize("frames, message", [
-    (np.zeros((4, 5), np.uint16), r"expected a \(frames, height, width\) stack with at least one frame, got shape \(4, 5\)"),
+    (np.zeros((2, 4, 5), np.uint16)[None], r"expected a \(frames, height, width\) stack with at least one frame, got shape \(1, 2, 4, 5\)"),   # a (height, width) frame is a stack of one
     (np.zeros((0, 4, 5), np.uint16), r"got shape \(0, 4, 5\)"),
     (np.zeros((2, 1, 4, 5), np.uint16), r"got shape \(2, 1, 4, 5\)"),
     (np.full((2, 4, 5), 70000, np.int32), r"int32 values from 70000 to 70000 do not fit uint16"),
@@ -272,8 +272,8 @@ def test_lazy_stack_reads_correctly_in_a_forked_process(tmp_path):
 def test_read_stack_refuses_a_2d_image_unless_asked(tmp_path):
     tifffile.imwrite(tmp_path / "one.tif", _stack()[0])
     with pytest.raises(ValueError, match=r"one\.tif: expected a \(frames, height, width\) stack, got a single 2-D image "
-                                         r"of shape \(12, 10\); pass allow_single_frame=True to read it as one frame "
-                                         r"of shape \(1, 12, 10\)"):
+                                         r"of shape \(12, 10\); to use it as one frame, save it as a one-frame stack "
+                                         r"\(dl4smlm.io.write_stack\) or read it with allow_single_frame=True"):
         read_stack(tmp_path / "one.tif")
     s = read_stack(tmp_path / "one.tif", allow_single_frame=True)
     assert s.shape == (1, 12, 10) and isinstance(s, np.memmap)
@@ -392,10 +392,10 @@ def test_read_localizations_decode_header_units(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the header states the unit: nothing is assumed
         df = read_localizations(tmp_path / "nm.csv")
-    assert df[["x [nm]", "y [nm]"]].values.tolist() == [[1.5, 2.0]]
+    assert df[["x [nm]", "y [nm]"]].values.tolist() == [[2.0, 1.5]]   # DECODE's x is the image row: our y
     (tmp_path / "px.csv").write_text(header % ("px", "[100.0, 110.0]") + body)
     df = read_localizations(tmp_path / "px.csv")
-    assert df[["x [nm]", "y [nm]"]].values.tolist() == [[200.0, 275.0]]   # DECODE: pixel centres at integer px
+    assert df[["x [nm]", "y [nm]"]].values.tolist() == [[275.0, 200.0]]   # pixel centres at integer px; x row, px_size (row, col)
     (tmp_path / "px1.csv").write_text(header % ("px", "null") + body)
     with pytest.raises(ValueError, match=r"px1\.csv: the DECODE header gives x/y in px, but px_size is None"):
         read_localizations(tmp_path / "px1.csv")
@@ -403,7 +403,7 @@ def test_read_localizations_decode_header_units(tmp_path):
     with pytest.raises(ValueError, match=r"px_size is \[100, 100, 100\]; expected one or two pixel sizes in nm"):
         read_localizations(tmp_path / "px3.csv")
     (tmp_path / "px0.csv").write_text(header % ("px", "100") + body)
-    assert read_localizations(tmp_path / "px0.csv")[["x [nm]", "y [nm]"]].values.tolist() == [[200.0, 250.0]]
+    assert read_localizations(tmp_path / "px0.csv")[["x [nm]", "y [nm]"]].values.tolist() == [[250.0, 200.0]]
 
 
 def test_read_localizations_other_separators_and_bom(tmp_path):

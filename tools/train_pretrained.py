@@ -16,7 +16,7 @@ from dl4smlm.calibrate import calibrate_checkpoint
 from dl4smlm.checkpoint import weights_dir
 from dl4smlm.pretrained import PRETRAINED, describe
 from dl4smlm.simulate import SimulationConfig
-from dl4smlm.checkpoint import load_checkpoint, save_checkpoint
+from dl4smlm.checkpoint import bundled_digests, load_checkpoint, save_checkpoint
 from dl4smlm.workflow import train_from_folder
 
 WORK = Path(__file__).resolve().parent / "_work"
@@ -35,7 +35,7 @@ def matches(ck, recipe):
 
 def make(name, force=False):
     recipe, final = PRETRAINED[name], weights_dir() / f"{name}.pt"
-    if final.is_file() and not force and matches(load_checkpoint(final), recipe):
+    if final.is_file() and not force and matches(torch.load(final, map_location="cpu", weights_only=True), recipe):   # read as it is: a new file is not in BUNDLED_DIGESTS yet
         print(f"{name}: bundled already, same recipe (--force to retrain)"); return
     WORK.mkdir(exist_ok=True)
     work = WORK / f"{name}.pt"
@@ -55,6 +55,9 @@ def make(name, force=False):
     save_checkpoint(final, ck)
     print(f"{name}: trained in {trained / 60:.1f} min, calibrated (mean Jaccard {cal['jaccard_pct']:.1f} %), "
           f"{final.stat().st_size / 1e6:.1f} MB\n  {describe(ck)}", flush=True)
+    file_sha, tensors, settings, core = bundled_digests(final)
+    print(f"  record it in BUNDLED_DIGESTS (nbs/04a_checkpoint.ipynb), or dl4smlm refuses the new file:\n"
+          f'    "{name}": ("{file_sha}",\n        "{tensors}",\n        "{settings}",\n        "{core}"),', flush=True)
 
 
 def main(argv=None):
