@@ -143,16 +143,21 @@ def _read_dl4smlm(csv: Path, pixel_nm: float) -> pd.DataFrame:
     return out
 
 
-def run_fit(stack: Path, meta: dict, tmp: Path) -> dict:
-    out = tmp/"fit"
-    cmd = [CLI, "fit", stack/meta["frames"], "--out", out, "--pixel-nm", meta["pixel_nm"], "--overwrite",
-           *_camera_args(meta["camera"])]
+def _run_localizer(cmd: list, out: Path, meta: dict) -> dict:
+    "Run a dl4smlm command that writes OUT/localizations.csv; its command line, time and table (or its error)."
     r, seconds = _run(cmd)
     res = {"command": " ".join(map(str, cmd[1:])).replace(str(ROOT) + "/", ""), "seconds": seconds,
            "seconds_include_startup": True, "convention": CONVENTIONS["dl4smlm"]}
     if r.returncode != 0:
         return {**res, "error": _last_line(r)}
     return {**res, "table": _read_dl4smlm(out/"localizations.csv", meta["pixel_nm"])}
+
+
+def run_fit(stack: Path, meta: dict, tmp: Path) -> dict:
+    out = tmp/"fit"
+    cmd = [CLI, "fit", stack/meta["frames"], "--out", out, "--pixel-nm", meta["pixel_nm"], "--overwrite",
+           *_camera_args(meta["camera"])]
+    return _run_localizer(cmd, out, meta)
 
 
 def run_estimate(stack: Path, meta: dict, tmp: Path) -> dict:
@@ -195,12 +200,7 @@ def run_predict(stack: Path, meta: dict, tmp: Path, model: str, model_pixel_nm: 
            "--overwrite", "--device", "cpu", *_camera_args(meta["camera"])]
     if abs(meta["pixel_nm"]/model_pixel_nm - 1) > 0.05:
         cmd.append("--force-pixel-size")
-    r, seconds = _run(cmd)
-    res = {"command": " ".join(map(str, cmd[1:])).replace(str(ROOT) + "/", ""), "seconds": seconds,
-           "seconds_include_startup": True, "convention": CONVENTIONS["dl4smlm"]}
-    if r.returncode != 0:
-        return {**res, "error": _last_line(r)}
-    return {**res, "table": _read_dl4smlm(out/"localizations.csv", meta["pixel_nm"])}
+    return _run_localizer(cmd, out, meta)
 
 
 def run_side(tool: str, stack: Path, meta: dict) -> dict | None:
